@@ -1,0 +1,181 @@
+"""The django.tasks backend: validate, store as a Job, and read a Job back as a TaskResult."""
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from django.db import DEFAULT_DB_ALIAS
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+
+from . import checks
+from .models import ClaimedExecution, Job
+from .models.job import jsonable, load_task
+
+DELIVERY_MODES = {Job.Delivery.AT_LEAST_ONCE, Job.Delivery.AT_MOST_ONCE}
+BACKOFF_BASE = 2.0  # seconds before the first retry
+BACKOFF_CAP = 3600.0
+BACKOFF_JITTER = 0.25
+
+
+def exponential_backoff(failures):
+    """Seconds before retrying after ``failures`` failed attempts: 2, 4, 8, ... up to an hour,
+    each spread by +/-25% so that jobs failing together do not retry together."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
+    return delay * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DQTask(Task):
+    """A django.tasks Task with dq's options; ``@task(max_attempts=3, ...)`` builds one."""
+
+    max_attempts: int = 1
+    # Seconds, or a callable (failed attempts so far) -> seconds; None: exponential_backoff.
+    backoff: float | Callable[[int], float] | None = None
+    delivery: str = Job.Delivery.AT_LEAST_ONCE
+
+    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None, **options):
+        """A copy with other defaults; takes dq's options as well as Django's."""
+        unknown = set(options) - {"max_attempts", "backoff", "delivery"}
+        if unknown:
+            raise TypeError(f"Unknown task option(s): {', '.join(sorted(unknown))}.")
+        changed = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
+        return replace(changed, **options) if options else changed
+
+    def retry_delay(self, failures):
+        if self.backoff is None:
+            return exponential_backoff(failures)
+        if callable(self.backoff):
+            return self.backoff(failures)
+        return self.backoff
+
+    def enqueue_many(self, calls):
+        """Enqueue one job per ``(args, kwargs)`` pair in a few statements; returns the results."""
+        return self.get_backend().enqueue_many(self, calls)
+
+
+class DQBackend(BaseTaskBackend):
+    task_class = DQTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    @property
+    def database(self):
+        return self.options.get("database", DEFAULT_DB_ALIAS)
+
+    def validate_task(self, task):
+        super().validate_task(task)
+        max_attempts = getattr(task, "max_attempts", 1)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidTask(f"max_attempts must be a whole number >= 1, not {max_attempts!r}.")
+        backoff = getattr(task, "backoff", None)
+        if not (backoff is None or callable(backoff)) and (
+            isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0
+        ):
+            raise InvalidTask(
+                "backoff must be a number of seconds >= 0, or a callable taking the number of "
+                f"failed attempts and returning seconds, not {backoff!r}."
+            )
+        delivery = getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE)
+        if delivery == Job.Delivery.EXACTLY_ONCE:
+            raise InvalidTask(
+                "delivery='exactly_once' is not available in this version of dq; "
+                "use 'at_least_once' or 'at_most_once'."
+            )
+        if delivery not in DELIVERY_MODES:
+            raise InvalidTask(
+                f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}."
+            )
+
+    def enqueue(self, task, args, kwargs):
+        [result] = self.enqueue_many(task, [(args, kwargs)])
+        return result
+
+    def enqueue_many(self, task, calls):
+        """Enqueue one job per ``(args, kwargs)`` pair, in one transaction."""
+        self.validate_task(task)
+        where = f"Arguments of {task.module_path}"
+        jobs = [
+            Job(
+                task_path=task.module_path,
+                queue_name=task.queue_name,
+                priority=task.priority,
+                args=jsonable(list(args), where),
+                kwargs=jsonable(dict(kwargs), where),
+                backend=self.alias,
+                delivery=getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE),
+                max_attempts=getattr(task, "max_attempts", 1),
+                scheduled_at=task.run_after,
+            )
+            for args, kwargs in calls
+        ]
+        if not jobs:
+            return []
+        Job.enqueue(jobs, using=self.database)
+        results = [self.to_result(job, task) for job in jobs]
+        for result in results:
+            task_enqueued.send(type(self), task_result=result)
+        return results
+
+    def get_result(self, result_id):
+        try:
+            job = Job.objects.using(self.database).get(pk=int(result_id))
+        except (Job.DoesNotExist, TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        return self.to_result(job)
+
+    def to_result(self, job, task=None, *, running_worker_id=None):
+        """The TaskResult of ``job``; ``task`` is imported from the job's path when not given."""
+        if task is None:
+            task = load_task(job.task_path)
+        if (task.queue_name, task.priority) != (job.queue_name, job.priority):
+            task = replace(task, queue_name=job.queue_name, priority=job.priority)
+        worker_ids = job.worker_ids
+        if job.status == Job.Status.RUNNING:
+            if running_worker_id is None:
+                claim = ClaimedExecution.objects.using(self.database).filter(job=job).first()
+                running_worker_id = claim.worker_id if claim else None
+            if running_worker_id is not None:
+                worker_ids.append(running_worker_id)
+        result = TaskResult(
+            task=task,
+            id=str(job.pk),
+            status=STATUS_OF_JOB[job.status],
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            last_attempted_at=job.last_attempted_at,
+            args=job.args,
+            kwargs=job.kwargs,
+            backend=self.alias,
+            errors=[
+                TaskError(
+                    exception_class_path=error["exception_class_path"],
+                    traceback=error["traceback"],
+                )
+                for error in job.errors
+            ],
+            worker_ids=worker_ids,
+        )
+        object.__setattr__(result, "_return_value", job.return_value)
+        return result
+
+    def check(self, **kwargs):
+        return checks.check_backend(self)
+
+
+STATUS_OF_JOB = {
+    Job.Status.READY: TaskResultStatus.READY,
+    Job.Status.SCHEDULED: TaskResultStatus.READY,
+    Job.Status.RUNNING: TaskResultStatus.RUNNING,
+    Job.Status.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    Job.Status.FAILED: TaskResultStatus.FAILED,
+}
+

@@ -1,0 +1,37 @@
+"""System checks for dq backends; run by ``manage.py check`` and before ``dq_work`` starts."""
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Warning
+
+from . import conf
+
+
+def check_backend(backend):
+    where = f"TASKS[{backend.alias!r}]"
+    config, problems = conf.parse(backend.alias, backend.options)
+    messages = [Error(problem.message, obj=where, id=problem.id) for problem in problems]
+    if not apps.is_installed("dq"):
+        messages.append(
+            Error(
+                "dq.backend.DQBackend needs 'dq' in INSTALLED_APPS (its tables come from there).",
+                obj=where,
+                id="dq.E005",
+            )
+        )
+    if not problems:
+        database = settings.DATABASES[config.database]
+        immediate = database.get("OPTIONS", {}).get("transaction_mode", "").upper() == "IMMEDIATE"
+        if database["ENGINE"] == "django.db.backends.sqlite3" and not immediate:
+            messages.append(
+                Warning(
+                    f"DATABASES[{config.database!r}] is SQLite without "
+                    "OPTIONS['transaction_mode'] = 'IMMEDIATE'; several dq processes will then "
+                    "fail with 'database is locked'.",
+                    hint="Add 'transaction_mode': 'IMMEDIATE' and a 'timeout' of a few seconds "
+                    "to the database's OPTIONS.",
+                    obj=where,
+                    id="dq.W001",
+                )
+            )
+    return messages

@@ -1,0 +1,229 @@
+"""dq's settings: defaults in one place, and the parsing of a backend's OPTIONS.
+
+Options are read from ``settings.TASKS[alias]["OPTIONS"]`` whenever they are
+asked for, so ``override_settings`` just works.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
+
+from .exceptions import ConfigurationError
+
+DEFAULT_WORKER_THREADS = 5
+DEFAULT_WORKER_PROCESSES = 1
+DEFAULT_DISPATCHER_BATCH_SIZE = 500
+DEFAULT_DISPATCHER_POLLING_INTERVAL = 1.0
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_ALIVE_THRESHOLD = 30.0
+DEFAULT_MAINTENANCE_INTERVAL = 10.0
+DEFAULT_MAX_INTERRUPTIONS = 3
+
+ALL_QUEUES = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    queues: tuple[str, ...] = (ALL_QUEUES,)
+    threads: int = DEFAULT_WORKER_THREADS
+    processes: int = DEFAULT_WORKER_PROCESSES
+    # None: the database vendor's default (fast where no notifications exist).
+    polling_interval: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherConfig:
+    processes: int = 1
+    batch_size: int = DEFAULT_DISPATCHER_BATCH_SIZE
+    polling_interval: float = DEFAULT_DISPATCHER_POLLING_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """Everything ``dq_work`` and the recovery of interrupted jobs need to know."""
+
+    backend: str
+    database: str = DEFAULT_DB_ALIAS
+    workers: tuple[WorkerConfig, ...] = (WorkerConfig(),)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
+    maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
+    max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
+
+    def with_worker_overrides(self, *, queues=None, threads=None, processes=None):
+        """One worker group built from the first, with command-line overrides applied."""
+        if queues is None and threads is None and processes is None:
+            return self
+        base = self.workers[0] if self.workers else WorkerConfig()
+        changes = {"queues": queues, "threads": threads, "processes": processes}
+        worker = replace(base, **{k: v for k, v in changes.items() if v is not None})
+        problems = []
+        _check_worker(worker, "command line", problems)
+        if problems:
+            raise ConfigurationError("; ".join(p.message for p in problems))
+        return replace(self, workers=(worker,))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    id: str
+    message: str
+
+
+_TOP_LEVEL_KEYS = {
+    "database",
+    "workers",
+    "dispatchers",
+    "shutdown_timeout",
+    "heartbeat_interval",
+    "alive_threshold",
+    "maintenance_interval",
+    "max_interruptions",
+}
+_WORKER_KEYS = {"queues", "threads", "processes", "polling_interval"}
+_DISPATCHER_KEYS = {"processes", "batch_size", "polling_interval"}
+
+
+def parse_queues(value):
+    """``"a,b,mail*"`` or ``["a", "b"]`` -> a tuple of queue selectors, order kept."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(name.strip() for name in value)
+
+
+def backend_options(alias):
+    return settings.TASKS.get(alias, {}).get("OPTIONS", {}) or {}
+
+
+def load(alias):
+    """The Configuration of backend ``alias``; ConfigurationError if OPTIONS are invalid."""
+    config, problems = parse(alias, backend_options(alias))
+    if problems:
+        details = "\n".join(f"  {p.id}: {p.message}" for p in problems)
+        raise ConfigurationError(f"Invalid OPTIONS for dq backend {alias!r}:\n{details}")
+    return config
+
+
+def max_interruptions(alias):
+    """How often backend ``alias`` re-runs an interrupted at_least_once job; the default
+    when its OPTIONS cannot be read (recovery must never stop on bad settings)."""
+    config, problems = parse(alias, backend_options(alias))
+    return DEFAULT_MAX_INTERRUPTIONS if problems else config.max_interruptions
+
+
+def parse(alias, options):
+    """Return (Configuration, problems); the Configuration is only meaningful without problems."""
+    problems = []
+    if not isinstance(options, dict):
+        return Configuration(backend=alias), [Problem("dq.E002", "OPTIONS must be a dict.")]
+    for key in sorted(set(options) - _TOP_LEVEL_KEYS):
+        problems.append(
+            Problem("dq.E001", f"Unknown option {key!r}; known: {', '.join(sorted(_TOP_LEVEL_KEYS))}.")
+        )
+
+    database = options.get("database", DEFAULT_DB_ALIAS)
+    if database not in settings.DATABASES:
+        problems.append(
+            Problem("dq.E003", f"OPTIONS['database'] is {database!r}, which is not in DATABASES.")
+        )
+
+    workers = _parse_workers(options.get("workers"), problems)
+    dispatcher = _parse_section(
+        options.get("dispatchers", {}), DispatcherConfig, _DISPATCHER_KEYS, "dispatchers", problems
+    )
+    if dispatcher is not None:
+        _check_positive(dispatcher.batch_size, "dispatchers.batch_size", problems, integer=True)
+        _check_positive(dispatcher.polling_interval, "dispatchers.polling_interval", problems)
+        _check_positive(dispatcher.processes, "dispatchers.processes", problems, integer=True, zero=True)
+
+    numbers = {}
+    for key, default, integer in (
+        ("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, False),
+        ("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL, False),
+        ("alive_threshold", DEFAULT_ALIVE_THRESHOLD, False),
+        ("maintenance_interval", DEFAULT_MAINTENANCE_INTERVAL, False),
+        ("max_interruptions", DEFAULT_MAX_INTERRUPTIONS, True),
+    ):
+        numbers[key] = options.get(key, default)
+        _check_positive(numbers[key], key, problems, integer=integer, zero=key == "max_interruptions")
+    if not problems and numbers["alive_threshold"] <= numbers["heartbeat_interval"]:
+        problems.append(
+            Problem(
+                "dq.E002",
+                "alive_threshold must be larger than heartbeat_interval, or live processes "
+                "would be pruned.",
+            )
+        )
+    if problems:
+        return Configuration(backend=alias), problems
+    return (
+        Configuration(
+            backend=alias,
+            database=database,
+            workers=workers,
+            dispatcher=dispatcher,
+            **numbers,
+        ),
+        problems,
+    )
+
+
+def _parse_workers(value, problems):
+    if value is None:
+        return (WorkerConfig(),)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        problems.append(Problem("dq.E002", "OPTIONS['workers'] must be a list of dicts."))
+        return ()
+    workers = []
+    for index, section in enumerate(value):
+        worker = _parse_section(section, WorkerConfig, _WORKER_KEYS, f"workers[{index}]", problems)
+        if worker is not None:
+            worker = replace(worker, queues=parse_queues(worker.queues))
+            _check_worker(worker, f"workers[{index}]", problems)
+            workers.append(worker)
+    return tuple(workers)
+
+
+def _check_worker(worker, where, problems):
+    _check_positive(worker.threads, f"{where}.threads", problems, integer=True)
+    _check_positive(worker.processes, f"{where}.processes", problems, integer=True, zero=True)
+    if worker.polling_interval is not None:
+        _check_positive(worker.polling_interval, f"{where}.polling_interval", problems)
+    if not worker.queues:
+        problems.append(Problem("dq.E004", f"{where}.queues is empty; use ['*'] for every queue."))
+    for selector in worker.queues:
+        if not selector or "*" in selector[:-1]:
+            problems.append(
+                Problem(
+                    "dq.E004",
+                    f"{where}.queues has {selector!r}: a queue selector is a name, '*', "
+                    "or a prefix ending in '*' such as 'mail*'.",
+                )
+            )
+
+
+def _parse_section(section, config_class, keys, where, problems):
+    if not isinstance(section, dict):
+        problems.append(Problem("dq.E002", f"OPTIONS['{where}'] must be a dict."))
+        return None
+    unknown = sorted(set(section) - keys)
+    for key in unknown:
+        problems.append(
+            Problem("dq.E001", f"Unknown option {where}.{key}; known: {', '.join(sorted(keys))}.")
+        )
+    return config_class(**{k: v for k, v in section.items() if k in keys})
+
+
+def _check_positive(value, name, problems, *, integer=False, zero=False):
+    kinds = int if integer else int | float
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+    if not ok:
+        expected = "a whole number" if integer else "a number"
+        expected += " >= 0" if zero else " > 0"
+        problems.append(Problem("dq.E002", f"{name} must be {expected}, not {value!r}."))

@@ -1,0 +1,24 @@
+"""Vendor SQL behind one small interface; everything else in dq is ORM.
+
+Each vendor module provides:
+
+- ``DEFAULT_POLLING_INTERVAL``: how often an idle worker polls (seconds);
+- ``claim_statement(selector)``: (sql, params) of one statement that claims
+  ready jobs, or None to use the ORM path in ``ReadyExecution.claim``;
+- ``notify_ready(connection, queues)``: wake idle workers when the current
+  transaction commits (a no-op where the database cannot);
+- ``Listener(alias)`` or None: a dedicated connection whose ``fileno()`` a
+  worker waits on, and whose ``drain()`` returns the queues notified.
+"""
+
+from django.db import connections
+
+from . import generic, postgresql
+
+
+def for_alias(alias):
+    return postgresql if connections[alias].vendor == "postgresql" else generic
+
+
+def notify_ready(alias, queues):
+    for_alias(alias).notify_ready(connections[alias], queues)

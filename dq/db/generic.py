@@ -1,0 +1,17 @@
+"""Every database without special support: the ORM paths, polling, no notifications.
+
+SQLite serialises writers; with ``transaction_mode = IMMEDIATE`` every dq
+transaction takes the write lock at BEGIN, so two claims never interleave.
+"""
+
+DEFAULT_POLLING_INTERVAL = 0.1
+
+Listener = None
+
+
+def claim_statement(selector):
+    return None
+
+
+def notify_ready(connection, queues):
+    pass

@@ -1,0 +1,29 @@
+from django.core.exceptions import ImproperlyConfigured
+
+
+class DQError(Exception):
+    """Base class for dq's exceptions. Do not raise directly."""
+
+
+class JobInterrupted(DQError):
+    """A job's run started and did not finish. Do not raise directly."""
+
+
+class ProcessExitError(JobInterrupted):
+    """The worker running the job exited before the job finished."""
+
+
+class ProcessPrunedError(JobInterrupted):
+    """The worker running the job stopped sending heartbeats and was pruned."""
+
+
+class ShutdownTimeoutError(JobInterrupted):
+    """The job was still running when its worker's shutdown timeout ran out."""
+
+
+class ConfigurationError(ImproperlyConfigured):
+    """The dq backend's OPTIONS are invalid."""
+
+
+class ProcessMissingError(JobInterrupted):
+    """The job was claimed by a process that no longer exists."""

@@ -1,0 +1,78 @@
+import logging
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from django.tasks.exceptions import InvalidTaskBackend
+
+from dq import conf
+from dq.backend import DQBackend
+from dq.exceptions import ConfigurationError
+from dq.processes.supervisor import Supervisor
+
+
+class Command(BaseCommand):
+    help = "Run dq: a supervisor that forks workers and a dispatcher for one task backend."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--backend", default=DEFAULT_TASK_BACKEND_ALIAS, help="TASKS alias to run (default: %(default)s)."
+        )
+        parser.add_argument("--processes", type=int, help="Worker processes (overrides OPTIONS).")
+        parser.add_argument("--threads", type=int, help="Threads per worker (overrides OPTIONS).")
+        parser.add_argument(
+            "--queues",
+            help="Comma-separated queues in the order they are worked: names, '*', or prefixes "
+            "like 'mail*' (overrides OPTIONS).",
+        )
+
+    def handle(self, *args, backend, processes, threads, queues, **options):
+        try:
+            backend_instance = task_backends[backend]
+        except InvalidTaskBackend as error:
+            raise CommandError(f"No task backend {backend!r} in TASKS: {error}") from None
+        if not isinstance(backend_instance, DQBackend):
+            raise CommandError(
+                f"TASKS[{backend!r}] uses {type(backend_instance).__module__}."
+                f"{type(backend_instance).__qualname__}, not dq.backend.DQBackend."
+            )
+        try:
+            config = conf.load(backend).with_worker_overrides(
+                queues=conf.parse_queues(queues) if queues is not None else None,
+                threads=threads,
+                processes=processes,
+            )
+        except ConfigurationError as error:
+            raise CommandError(str(error)) from None
+        self.configure_logging()
+        self.stdout.write(self.banner(config))
+        self.stdout.flush()
+        sys.exit(Supervisor(config).run())
+
+    def banner(self, config):
+        vendor = connections[config.database].vendor
+        workers = "; ".join(
+            f"{w.processes} x worker ({w.threads} threads, queues {','.join(w.queues)})"
+            for w in config.workers
+        )
+        return (
+            f"dq_work: backend {config.backend!r} on database {config.database!r} ({vendor}): "
+            f"{workers}; {config.dispatcher.processes} x dispatcher; "
+            f"shutdown timeout {config.shutdown_timeout}s, heartbeat every "
+            f"{config.heartbeat_interval}s, alive threshold {config.alive_threshold}s"
+        )
+
+    def configure_logging(self):
+        """Show dq's INFO lines when the project's LOGGING says nothing about them."""
+        dq_logger = logging.getLogger("dq")
+        if dq_logger.handlers or logging.getLogger().handlers:
+            return
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+        )
+        for name in ("dq", "django.tasks"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).propagate = False

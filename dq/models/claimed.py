@@ -1,0 +1,111 @@
+from django.db import models, transaction
+from django.utils import timezone
+
+from .. import conf
+from .job import Job, exception_path
+from .process import Process
+
+
+class ClaimedExecution(models.Model):
+    """A job a worker has claimed and is running: the attempt in progress."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="claimed_execution")
+    # No constraint: a claim outlives a process row deleted by pruning, until recovered.
+    process = models.ForeignKey(
+        Process, on_delete=models.DO_NOTHING, db_constraint=False, related_name="claims"
+    )
+    claimed_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "dq_claimed_execution"
+
+    def __str__(self):
+        return f"job {self.job_id} claimed by process {self.process_id}"
+
+    @classmethod
+    def _relock(cls, claim_id, using):
+        """The claim with its job, locked; None if someone else already ended it."""
+        return (
+            cls.objects.using(using)
+            .select_for_update(of=("self", "job"))
+            .select_related("job")
+            .filter(pk=claim_id)
+            .first()
+        )
+
+    @classmethod
+    def finish(cls, claim_id, return_value, *, worker_id, using):
+        """Record a successful run. Returns the job, or None if the claim was taken over."""
+        with transaction.atomic(using=using):
+            claim = cls._relock(claim_id, using)
+            if claim is None:
+                return None
+            job, now = claim.job, timezone.now()
+            job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
+            job.status, job.finished_at, job.return_value = Job.Status.SUCCESSFUL, now, return_value
+            job.save(using=using, update_fields=["status", "finished_at", "return_value", "attempts"])
+            claim.delete(using=using)
+        return job
+
+    @classmethod
+    def fail(cls, claim_id, error, *, worker_id, backoff, using):
+        """Record a run that raised: retry after ``backoff(failures)`` seconds while attempts
+        remain, else fail the job. Returns the job, or None if the claim was taken over."""
+        with transaction.atomic(using=using):
+            claim = cls._relock(claim_id, using)
+            if claim is None:
+                return None
+            job, now = claim.job, timezone.now()
+            job.record_attempt(
+                worker_id=worker_id, started_at=claim.claimed_at, finished_at=now, error=error
+            )
+            claim.delete(using=using)
+            if job.failure_count < job.max_attempts:
+                job.schedule_retry(now, backoff(job.failure_count), using=using)
+            else:
+                job.fail(error, now, using=using)
+        return job
+
+    @classmethod
+    def interrupt(cls, claims, exception_class, message, *, using):
+        """End attempts that started and will never finish (their process died, was pruned,
+        or outran its shutdown timeout), each as its job's delivery policy says:
+        at_least_once runs again, up to max_interruptions times; anything else fails.
+
+        Returns the number of claims interrupted.
+        """
+        error = {
+            "exception_class_path": exception_path(exception_class),
+            "message": message,
+            "traceback": f"{exception_path(exception_class)}: {message}\n",
+        }
+        with transaction.atomic(using=using):
+            locked = list(
+                claims.using(using)
+                .select_for_update(of=("self", "job"))
+                .select_related("job")
+                .order_by("pk")
+            )
+            now = timezone.now()
+            for claim in locked:
+                job = claim.job
+                job.interruption_count += 1
+                job.record_attempt(
+                    worker_id=claim.worker_id, started_at=claim.claimed_at, finished_at=now, error=error
+                )
+                claim.delete(using=using)
+                if (
+                    job.delivery == Job.Delivery.AT_LEAST_ONCE
+                    and job.interruption_count <= conf.max_interruptions(job.backend)
+                ):
+                    job.schedule_retry(now, 0, using=using)
+                else:
+                    job.fail(error, now, using=using)
+        return len(locked)
+
+    @property
+    def worker_id(self):
+        try:
+            return self.process.name
+        except Process.DoesNotExist:
+            return f"process-{self.process_id}"

@@ -1,0 +1,104 @@
+import os
+import secrets
+import socket
+from datetime import timedelta
+
+from django.db import models
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from ..exceptions import ProcessMissingError, ProcessPrunedError
+
+
+class Process(models.Model):
+    """A running dq process, known by its heartbeat."""
+
+    class Kind(models.TextChoices):
+        SUPERVISOR = "supervisor"
+        WORKER = "worker"
+        DISPATCHER = "dispatcher"
+        SCHEDULER = "scheduler"
+
+    kind = models.CharField(max_length=20, choices=Kind)
+    name = models.CharField(max_length=100, unique=True)
+    pid = models.IntegerField()
+    hostname = models.CharField(max_length=255)
+    supervisor = models.ForeignKey(
+        "self",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="supervisees",
+    )
+    metadata = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "dq_process"
+        verbose_name_plural = "processes"
+        indexes = [models.Index(fields=["last_heartbeat_at"], name="dq_process_heartbeat")]
+
+    def __str__(self):
+        return f"{self.name} (pid {self.pid} on {self.hostname})"
+
+    @classmethod
+    def register(cls, kind, *, supervisor=None, metadata=None, using):
+        return cls.objects.using(using).create(
+            kind=kind,
+            name=f"{kind}-{secrets.token_hex(6)}",
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            supervisor=supervisor,
+            metadata=metadata or {},
+            last_heartbeat_at=timezone.now(),
+        )
+
+    def heartbeat(self, *, using):
+        """Record that the process is alive. False if its row is gone (it was pruned)."""
+        updated = (
+            type(self)
+            .objects.using(using)
+            .filter(pk=self.pk)
+            .update(last_heartbeat_at=timezone.now())
+        )
+        return updated == 1
+
+    def deregister(self, exception_class, message, *, using):
+        """Interrupt the jobs this process still holds, then delete it."""
+        from .claimed import ClaimedExecution
+
+        ClaimedExecution.interrupt(
+            ClaimedExecution.objects.filter(process_id=self.pk), exception_class, message, using=using
+        )
+        type(self).objects.using(using).filter(pk=self.pk).delete()
+
+    @classmethod
+    def prune(cls, alive_threshold, *, exclude=None, using):
+        """Deregister processes of any host whose heartbeat is older than ``alive_threshold``
+        seconds, interrupting their jobs. Returns the processes pruned."""
+        cutoff = timezone.now() - timedelta(seconds=alive_threshold)
+        stale = cls.objects.using(using).filter(last_heartbeat_at__lt=cutoff)
+        if exclude is not None:
+            stale = stale.exclude(pk=exclude.pk)
+        pruned = list(stale)
+        for process in pruned:
+            process.deregister(
+                ProcessPrunedError,
+                f"{process} sent no heartbeat since {process.last_heartbeat_at.isoformat()}",
+                using=using,
+            )
+        return pruned
+
+    @classmethod
+    def recover_orphaned_claims(cls, *, using):
+        """Interrupt claims whose process row no longer exists. Returns how many."""
+        from .claimed import ClaimedExecution
+
+        orphaned = ClaimedExecution.objects.filter(
+            ~Exists(cls.objects.using(using).filter(pk=OuterRef("process_id")))
+        )
+        return ClaimedExecution.interrupt(
+            orphaned, ProcessMissingError, "the process that claimed the job is gone", using=using
+        )

@@ -1,0 +1,89 @@
+from django.db import models, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .. import db as vendor
+from ..conf import ALL_QUEUES
+from .job import Job
+
+
+class ReadyExecution(models.Model):
+    """A job waiting for a worker. The only table workers poll, so it stays small."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="ready_execution")
+    # Copied from the job so that claiming reads this table alone.
+    queue_name = models.CharField(max_length=100)
+    priority = models.SmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "dq_ready_execution"
+        indexes = [
+            models.Index(fields=["queue_name", "-priority", "job"], name="dq_ready_queue_claim"),
+            models.Index(fields=["-priority", "job"], name="dq_ready_claim"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} ready on {self.queue_name}"
+
+    @classmethod
+    def claim(cls, selectors, limit, process, *, using):
+        """Claim up to ``limit`` jobs for ``process``, queue selectors in order, each by priority.
+
+        Returns the claimed jobs, each with its ``claim_id``; their attempt has started.
+        """
+        jobs = []
+        for selector in selectors:
+            if len(jobs) >= limit:
+                break
+            jobs += cls._claim_from(selector, limit - len(jobs), process, using)
+        return jobs
+
+    @classmethod
+    def _claim_from(cls, selector, limit, process, using):
+        now = timezone.now()
+        statement = vendor.for_alias(using).claim_statement(selector)
+        if statement is not None:
+            sql, params = statement
+            params.update(limit=limit, process_id=process.pk, now=now)
+            with transaction.atomic(using=using):
+                return list(Job.objects.db_manager(using).raw(sql, params))
+        return cls._claim_with_orm(selector, limit, process, using, now)
+
+    @classmethod
+    def _claim_with_orm(cls, selector, limit, process, using, now):
+        from .claimed import ClaimedExecution
+        from .pause import Pause
+
+        ready = cls.objects.using(using).exclude(
+            queue_name__in=Pause.objects.using(using).values("queue_name")
+        )
+        if selector.endswith("*") and selector != ALL_QUEUES:
+            ready = ready.filter(queue_name__startswith=selector[:-1])
+        elif selector != ALL_QUEUES:
+            ready = ready.filter(queue_name=selector)
+        with transaction.atomic(using=using):
+            picked = list(
+                ready.select_for_update(skip_locked=True)
+                .order_by("-priority", "job_id")
+                .values_list("pk", "job_id")[:limit]
+            )
+            if not picked:
+                return []
+            job_ids = [job_id for _, job_id in picked]
+            cls.objects.using(using).filter(pk__in=[pk for pk, _ in picked]).delete()
+            claims = ClaimedExecution.objects.using(using).bulk_create(
+                ClaimedExecution(job_id=job_id, process=process, claimed_at=now)
+                for job_id in job_ids
+            )
+            Job.objects.using(using).filter(pk__in=job_ids).update(
+                status=Job.Status.RUNNING,
+                attempt_count=F("attempt_count") + 1,
+                started_at=Coalesce("started_at", now),
+                last_attempted_at=now,
+            )
+            jobs = Job.objects.using(using).in_bulk(job_ids)
+        for claim in claims:
+            jobs[claim.job_id].claim_id = claim.pk
+        return [jobs[job_id] for job_id in job_ids]

@@ -1,0 +1,47 @@
+from django.db import models, transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from .job import Job
+
+
+class ScheduledExecution(models.Model):
+    """A job that waits for its time: deferred with run_after, or backing off before a retry."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="scheduled_execution")
+    queue_name = models.CharField(max_length=100)
+    priority = models.SmallIntegerField(default=0)
+    scheduled_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "dq_scheduled_execution"
+        indexes = [models.Index(fields=["scheduled_at", "-priority"], name="dq_scheduled_due")]
+
+    def __str__(self):
+        return f"job {self.job_id} scheduled at {self.scheduled_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def dispatch_due(cls, batch_size, *, using):
+        """Move up to ``batch_size`` due jobs to ready, earliest first. Returns how many."""
+        with transaction.atomic(using=using):
+            due = list(
+                cls.objects.using(using)
+                .select_for_update(skip_locked=True)
+                .filter(scheduled_at__lte=timezone.now())
+                .order_by("scheduled_at", "-priority")
+                .values_list("pk", "job_id")[:batch_size]
+            )
+            if not due:
+                return 0
+            job_ids = [job_id for _, job_id in due]
+            cls.objects.using(using).filter(pk__in=[pk for pk, _ in due]).delete()
+            jobs = list(Job.objects.using(using).filter(pk__in=job_ids).only("queue_name", "priority"))
+            Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
+            for job in jobs:
+                job.status = Job.Status.READY
+            Job.place(jobs, using=using)
+        return len(due)
+
+    @classmethod
+    def next_due_at(cls, *, using):
+        return cls.objects.using(using).aggregate(at=Min("scheduled_at"))["at"]

@@ -1,0 +1,42 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+
+class Pool:
+    """A fixed set of threads that run claimed jobs; knows how many are idle."""
+
+    def __init__(self, threads, *, on_idle):
+        self.size = threads
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dq-job")
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._on_idle = on_idle
+
+    @property
+    def idle(self):
+        with self._lock:
+            return self.size - self._busy
+
+    @property
+    def busy(self):
+        with self._lock:
+            return self._busy
+
+    def submit(self, run, job):
+        with self._lock:
+            if self._busy >= self.size:
+                raise RuntimeError("No idle thread: claim at most Pool.idle jobs.")
+            self._busy += 1
+        self._executor.submit(self._run, run, job)
+
+    def _run(self, run, job):
+        try:
+            run(job)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._on_idle()
+
+    def shutdown(self):
+        """Stop accepting work; running jobs carry on until the process exits."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,196 @@
+"""The supervisor: forks the workers and the dispatcher, replaces the ones that die,
+heartbeats, prunes dead processes of any host, and stops everything on a signal.
+
+It stays single-threaded, and closes its database connections before every fork.
+"""
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import partial
+
+from django.db import connections
+
+from ..exceptions import ProcessExitError
+from ..models import Process
+from .base import GRACEFUL_SIGNALS, IMMEDIATE_SIGNALS, Wakeup
+from .dispatcher import Dispatcher
+from .worker import Worker
+
+logger = logging.getLogger("dq")
+
+# After children were told to stop, how long past their shutdown timeout to wait before SIGKILL.
+KILL_GRACE = 5.0
+
+
+@dataclass
+class Child:
+    description: str
+    build: object  # (supervisor_pid, supervisor_id) -> Role
+
+
+def describe_exit(status):
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+class Supervisor:
+    def __init__(self, config):
+        self.config = config
+        self.database = config.database
+        self.process = None
+        self.children = {}  # pid -> Child
+        self.stopping = None
+        self.wakeup = Wakeup()
+        self._signals = []
+
+    def plan(self):
+        """The children to run, one entry per process."""
+        children = []
+        for worker_config in self.config.workers:
+            for _ in range(worker_config.processes):
+                children.append(
+                    Child(
+                        f"worker ({worker_config.threads} threads, "
+                        f"queues {','.join(worker_config.queues)})",
+                        partial(Worker, self.config, worker_config),
+                    )
+                )
+        for _ in range(self.config.dispatcher.processes):
+            children.append(Child("dispatcher", partial(Dispatcher, self.config)))
+        return children
+
+    def run(self):
+        self.install_signal_handlers()
+        self.process = Process.register(
+            Process.Kind.SUPERVISOR,
+            metadata={"children": [child.description for child in self.plan()]},
+            using=self.database,
+        )
+        logger.info("%s started (pid %s)", self.process.name, os.getpid())
+        self.maintain()
+        for child in self.plan():
+            self.fork(child)
+        next_heartbeat = next_maintenance = time.monotonic()
+        try:
+            while self.stopping is None:
+                self.wakeup.wait(min(next_heartbeat, next_maintenance) - time.monotonic())
+                self.handle_signals()
+                self.reap(replace=self.stopping is None)
+                now = time.monotonic()
+                if self.stopping is None and now >= next_heartbeat:
+                    self.heartbeat()
+                    next_heartbeat = now + self.config.heartbeat_interval
+                if self.stopping is None and now >= next_maintenance:
+                    self.maintain()
+                    next_maintenance = now + self.config.maintenance_interval
+        finally:
+            self.stop_children()
+            self.process.deregister(ProcessExitError, "supervisor stopped", using=self.database)
+            logger.info("%s stopped (%s)", self.process.name, self.stopping)
+        return 0
+
+    def fork(self, child):
+        connections.close_all()  # a forked child must never share the parent's sockets
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._run_child(child))
+        self.children[pid] = child
+        logger.info("%s forked %s as pid %s", self.process.name, child.description, pid)
+
+    def _run_child(self, child):
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            self.wakeup.close()
+            role = child.build(supervisor_pid=os.getppid(), supervisor_id=self.process.pk)
+            status = role.run()
+        except BaseException:
+            logger.exception("dq %s (pid %s) crashed", child.description, os.getpid())
+        finally:
+            logging.shutdown()
+        return status
+
+    def reap(self, *, replace):
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            how = describe_exit(status)
+            log = logger.info if status == 0 else logger.error
+            log("%s: %s (pid %s) %s", self.process.name, child.description, pid, how)
+            self.recover(pid, f"its process (pid {pid}) {how}")
+            if replace:
+                self.fork(child)
+
+    def recover(self, pid, message):
+        """Deregister what a dead child left behind, interrupting its jobs."""
+        dead = Process.objects.using(self.database).filter(supervisor=self.process, pid=pid)
+        for process in dead:
+            process.deregister(ProcessExitError, f"{process.name}: {message}", using=self.database)
+
+    def heartbeat(self):
+        if not self.process.heartbeat(using=self.database):
+            logger.warning("%s was pruned by another process; stopping", self.process.name)
+            self.stopping = "graceful"
+
+    def maintain(self):
+        pruned = Process.prune(self.config.alive_threshold, exclude=self.process, using=self.database)
+        for process in pruned:
+            logger.warning("%s pruned %s: no heartbeat", self.process.name, process)
+        recovered = Process.recover_orphaned_claims(using=self.database)
+        if recovered:
+            logger.warning("%s recovered %s orphaned claim(s)", self.process.name, recovered)
+
+    def stop_children(self):
+        """Pass the stop on to every child, wait for them, and kill what outstays its welcome."""
+        how = self.stopping or "graceful"
+        signum = signal.SIGQUIT if how == "immediate" else signal.SIGTERM
+        for pid in self.children:
+            self._signal(pid, signum)
+        deadline = time.monotonic() + (
+            self.config.shutdown_timeout + KILL_GRACE if how == "graceful" else KILL_GRACE
+        )
+        while self.children and time.monotonic() < deadline:
+            self.wakeup.wait(min(0.5, deadline - time.monotonic()))
+            self.handle_signals()
+            if how == "graceful" and self.stopping == "immediate":
+                how = "immediate"
+                deadline = min(deadline, time.monotonic() + KILL_GRACE)
+                for pid in self.children:
+                    self._signal(pid, signal.SIGQUIT)
+            self.reap(replace=False)
+        for pid in list(self.children):
+            logger.error("%s: pid %s did not stop; killing it", self.process.name, pid)
+            self._signal(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.recover(pid, "its process was killed after not stopping")
+            del self.children[pid]
+
+    def _signal(self, pid, signum):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def install_signal_handlers(self):
+        signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
+        for signum in (*GRACEFUL_SIGNALS, *IMMEDIATE_SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, lambda signum, frame: self._signals.append(signum))
+
+    def handle_signals(self):
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in IMMEDIATE_SIGNALS:
+                self.stopping = "immediate"
+            elif signum in GRACEFUL_SIGNALS and self.stopping is None:
+                self.stopping = "graceful"
