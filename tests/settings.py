@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import environ
+
+BASE = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+SECRET_KEY = "dq-tests"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL", default="sqlite:///" + str(BASE / ".test-db" / "dq-test.sqlite3")
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    # A file, never in memory: tests fork processes that must see the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE / ".test-db" / "test-dq.sqlite3")}
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "dq",
+    "tests",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+TASKS = {"default": {"BACKEND": "dq.backend.DQBackend", "QUEUES": []}}
+
+# Subprocesses started by the tests (dq_work) take extra backend OPTIONS from here.
+TASKS["default"]["OPTIONS"] = env.json("DQ_TEST_OPTIONS", default={})
