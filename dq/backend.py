@@ -178,4 +178,3 @@ STATUS_OF_JOB = {
     Job.Status.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
     Job.Status.FAILED: TaskResultStatus.FAILED,
 }
-

@@ -122,7 +122,9 @@ def parse(alias, options):
         return Configuration(backend=alias), [Problem("dq.E002", "OPTIONS must be a dict.")]
     for key in sorted(set(options) - _TOP_LEVEL_KEYS):
         problems.append(
-            Problem("dq.E001", f"Unknown option {key!r}; known: {', '.join(sorted(_TOP_LEVEL_KEYS))}.")
+            Problem(
+                "dq.E001", f"Unknown option {key!r}; known: {', '.join(sorted(_TOP_LEVEL_KEYS))}."
+            )
         )
 
     database = options.get("database", DEFAULT_DB_ALIAS)
@@ -138,7 +140,9 @@ def parse(alias, options):
     if dispatcher is not None:
         _check_positive(dispatcher.batch_size, "dispatchers.batch_size", problems, integer=True)
         _check_positive(dispatcher.polling_interval, "dispatchers.polling_interval", problems)
-        _check_positive(dispatcher.processes, "dispatchers.processes", problems, integer=True, zero=True)
+        _check_positive(
+            dispatcher.processes, "dispatchers.processes", problems, integer=True, zero=True
+        )
 
     numbers = {}
     for key, default, integer in (
@@ -149,7 +153,9 @@ def parse(alias, options):
         ("max_interruptions", DEFAULT_MAX_INTERRUPTIONS, True),
     ):
         numbers[key] = options.get(key, default)
-        _check_positive(numbers[key], key, problems, integer=integer, zero=key == "max_interruptions")
+        _check_positive(
+            numbers[key], key, problems, integer=integer, zero=key == "max_interruptions"
+        )
     if not problems and numbers["alive_threshold"] <= numbers["heartbeat_interval"]:
         problems.append(
             Problem(
@@ -222,7 +228,11 @@ def _parse_section(section, config_class, keys, where, problems):
 
 def _check_positive(value, name, problems, *, integer=False, zero=False):
     kinds = int if integer else int | float
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+    ok = (
+        isinstance(value, kinds)
+        and not isinstance(value, bool)
+        and (value >= 0 if zero else value > 0)
+    )
     if not ok:
         expected = "a whole number" if integer else "a number"
         expected += " >= 0" if zero else " > 0"

@@ -79,4 +79,3 @@ class Listener:
 
     def close(self):
         self.connection.close()
-

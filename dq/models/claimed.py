@@ -43,7 +43,9 @@ class ClaimedExecution(models.Model):
             job, now = claim.job, timezone.now()
             job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
             job.status, job.finished_at, job.return_value = Job.Status.SUCCESSFUL, now, return_value
-            job.save(using=using, update_fields=["status", "finished_at", "return_value", "attempts"])
+            job.save(
+                using=using, update_fields=["status", "finished_at", "return_value", "attempts"]
+            )
             claim.delete(using=using)
         return job
 
@@ -91,7 +93,10 @@ class ClaimedExecution(models.Model):
                 job = claim.job
                 job.interruption_count += 1
                 job.record_attempt(
-                    worker_id=claim.worker_id, started_at=claim.claimed_at, finished_at=now, error=error
+                    worker_id=claim.worker_id,
+                    started_at=claim.claimed_at,
+                    finished_at=now,
+                    error=error,
                 )
                 claim.delete(using=using)
                 if (

@@ -21,9 +21,7 @@ class FailedExecution(models.Model):
     def retry(self, *, using):
         """Put the job back to ready; its attempt history stays. False if already retried."""
         with transaction.atomic(using=using):
-            failed = (
-                type(self).objects.using(using).select_for_update().filter(pk=self.pk).first()
-            )
+            failed = type(self).objects.using(using).select_for_update().filter(pk=self.pk).first()
             if failed is None:
                 return False
             job = Job.objects.using(using).select_for_update().get(pk=self.job_id)

@@ -70,7 +70,10 @@ class Process(models.Model):
         from .claimed import ClaimedExecution
 
         ClaimedExecution.interrupt(
-            ClaimedExecution.objects.filter(process_id=self.pk), exception_class, message, using=using
+            ClaimedExecution.objects.filter(process_id=self.pk),
+            exception_class,
+            message,
+            using=using,
         )
         type(self).objects.using(using).filter(pk=self.pk).delete()
 

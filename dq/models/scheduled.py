@@ -35,7 +35,9 @@ class ScheduledExecution(models.Model):
                 return 0
             job_ids = [job_id for _, job_id in due]
             cls.objects.using(using).filter(pk__in=[pk for pk, _ in due]).delete()
-            jobs = list(Job.objects.using(using).filter(pk__in=job_ids).only("queue_name", "priority"))
+            jobs = list(
+                Job.objects.using(using).filter(pk__in=job_ids).only("queue_name", "priority")
+            )
             Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
             for job in jobs:
                 job.status = Job.Status.READY

@@ -4,6 +4,7 @@ heartbeats, prunes dead processes of any host, and stops everything on a signal.
 It stays single-threaded, and closes its database connections before every fork.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -144,7 +145,9 @@ class Supervisor:
             self.stopping = "graceful"
 
     def maintain(self):
-        pruned = Process.prune(self.config.alive_threshold, exclude=self.process, using=self.database)
+        pruned = Process.prune(
+            self.config.alive_threshold, exclude=self.process, using=self.database
+        )
         for process in pruned:
             logger.warning("%s pruned %s: no heartbeat", self.process.name, process)
         recovered = Process.recover_orphaned_claims(using=self.database)
@@ -177,10 +180,8 @@ class Supervisor:
             del self.children[pid]
 
     def _signal(self, pid, signum):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
     def install_signal_handlers(self):
         signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)

@@ -19,9 +19,7 @@ logger = logging.getLogger("dq")
 def serves(selectors, queue_name):
     """Whether a worker with these queue selectors takes jobs from ``queue_name``."""
     return any(
-        selector == ALL_QUEUES
-        or selector == queue_name
-        or (selector.endswith("*") and queue_name.startswith(selector[:-1]))
+        selector in (ALL_QUEUES, queue_name) or (selector.endswith("*") and queue_name.startswith(selector[:-1]))
         for selector in selectors
     )
 
@@ -56,7 +54,9 @@ class Worker(Role):
         try:
             self.listener = listener_class(self.database)
         except Exception:
-            logger.exception("%s: cannot LISTEN; polling every %ss", self.name, self.polling_interval)
+            logger.exception(
+                "%s: cannot LISTEN; polling every %ss", self.name, self.polling_interval
+            )
 
     def poll(self):
         idle = self.pool.idle
@@ -93,8 +93,11 @@ class Worker(Role):
             task = load_task(job.task_path)
         except ImportError as error:
             ended = ClaimedExecution.fail(
-                job.claim_id, describe_error(error), worker_id=self.name,
-                backoff=lambda failures: 0, using=self.database,
+                job.claim_id,
+                describe_error(error),
+                worker_id=self.name,
+                backoff=lambda failures: 0,
+                using=self.database,
             )
             logger.error("%s: job %s failed: %s", self.name, job.pk, error)
             return
@@ -110,13 +113,20 @@ class Worker(Role):
             value = jsonable(value, f"The return value of {job.task_path}")
         except BaseException as error:  # a task's SystemExit must not stop the worker
             ended = ClaimedExecution.fail(
-                job.claim_id, describe_error(error), worker_id=self.name,
-                backoff=getattr(task, "retry_delay", lambda failures: 0), using=self.database,
+                job.claim_id,
+                describe_error(error),
+                worker_id=self.name,
+                backoff=getattr(task, "retry_delay", lambda failures: 0),
+                using=self.database,
             )
-            if ended is not None and not ended.status == ended.Status.FAILED:
+            if ended is not None and ended.status != ended.Status.FAILED:
                 logger.warning(
                     "%s: job %s (%s) attempt %s raised %r; retrying at %s",
-                    self.name, job.pk, job.task_path, ended.attempt_count, error,
+                    self.name,
+                    job.pk,
+                    job.task_path,
+                    ended.attempt_count,
+                    error,
                     ended.scheduled_at or "once",
                 )
                 return
@@ -127,7 +137,9 @@ class Worker(Role):
         if ended is None:
             logger.warning(
                 "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
-                self.name, job.pk, time.monotonic() - started,
+                self.name,
+                job.pk,
+                time.monotonic() - started,
             )
             return
         task_finished.send(type(backend), task_result=backend.to_result(ended, task))
@@ -147,7 +159,9 @@ class Worker(Role):
             self.listener.close()
         busy = self.pool.busy
         if busy:
-            logger.warning("%s: %s job(s) still running at shutdown are interrupted", self.name, busy)
+            logger.warning(
+                "%s: %s job(s) still running at shutdown are interrupted", self.name, busy
+            )
         if self.stopping == "graceful" and busy:
             return (
                 ShutdownTimeoutError,

@@ -17,7 +17,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--backend", default=DEFAULT_TASK_BACKEND_ALIAS, help="TASKS alias to run (default: %(default)s)."
+            "--backend",
+            default=DEFAULT_TASK_BACKEND_ALIAS,
+            help="TASKS alias to run (default: %(default)s).",
         )
         parser.add_argument("--processes", type=int, help="Worker processes (overrides OPTIONS).")
         parser.add_argument("--threads", type=int, help="Threads per worker (overrides OPTIONS).")
