@@ -1,5 +1,6 @@
 """What every dq process does: register, heartbeat, loop on poll(), stop on a signal, deregister."""
 
+import contextlib
 import errno
 import logging
 import os
@@ -7,7 +8,7 @@ import select
 import signal
 import threading
 
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from ..exceptions import ProcessExitError
 from ..models import Process
@@ -16,6 +17,11 @@ logger = logging.getLogger("dq")
 
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
+
+
+def database_retry_delay(failures):
+    """Seconds to wait after ``failures`` database errors in a row: 0.5, 1, 2, ... up to 10."""
+    return min(10.0, 0.5 * 2 ** (failures - 1))
 
 
 class Wakeup:
@@ -27,10 +33,8 @@ class Wakeup:
         os.set_blocking(self.writer, False)
 
     def set(self):
-        try:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the reader anyway
             os.write(self.writer, b"\0")
-        except BlockingIOError:
-            pass  # already full, so the reader will wake anyway
 
     def wait(self, timeout, *others):
         """Block until woken, one of ``others`` is readable, or ``timeout`` seconds pass.
@@ -94,8 +98,15 @@ class Role:
         heartbeat.start()
         try:
             self.start()
+            failures = 0
             while self.stopping is None:
-                delay = self.poll()
+                try:
+                    delay, failures = self.poll(), 0
+                except DatabaseError:
+                    failures += 1
+                    delay = database_retry_delay(failures)
+                    logger.exception("%s: database error; retrying in %.1fs", self.name, delay)
+                    connections[self.database].close()
                 if self.stopping is None:
                     self.wait(delay)
                 self.check_supervisor()

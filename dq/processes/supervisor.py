@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from ..exceptions import ProcessExitError
 from ..models import Process
-from .base import GRACEFUL_SIGNALS, IMMEDIATE_SIGNALS, Wakeup
+from .base import GRACEFUL_SIGNALS, IMMEDIATE_SIGNALS, Wakeup, database_retry_delay
 from .dispatcher import Dispatcher
 from .worker import Worker
 
@@ -82,12 +82,17 @@ class Supervisor:
                 self.handle_signals()
                 self.reap(replace=self.stopping is None)
                 now = time.monotonic()
-                if self.stopping is None and now >= next_heartbeat:
-                    self.heartbeat()
-                    next_heartbeat = now + self.config.heartbeat_interval
-                if self.stopping is None and now >= next_maintenance:
-                    self.maintain()
-                    next_maintenance = now + self.config.maintenance_interval
+                try:
+                    if self.stopping is None and now >= next_heartbeat:
+                        self.heartbeat()
+                        next_heartbeat = now + self.config.heartbeat_interval
+                    if self.stopping is None and now >= next_maintenance:
+                        self.maintain()
+                        next_maintenance = now + self.config.maintenance_interval
+                except DatabaseError:
+                    logger.exception("%s: database error; retrying", self.process.name)
+                    connections[self.database].close()
+                    next_heartbeat = next_maintenance = now + database_retry_delay(1)
         finally:
             self.stop_children()
             self.process.deregister(ProcessExitError, "supervisor stopped", using=self.database)

@@ -19,7 +19,8 @@ logger = logging.getLogger("dq")
 def serves(selectors, queue_name):
     """Whether a worker with these queue selectors takes jobs from ``queue_name``."""
     return any(
-        selector in (ALL_QUEUES, queue_name) or (selector.endswith("*") and queue_name.startswith(selector[:-1]))
+        selector in (ALL_QUEUES, queue_name)
+        or (selector.endswith("*") and queue_name.startswith(selector[:-1]))
         for selector in selectors
     )
 
@@ -68,14 +69,19 @@ class Worker(Role):
         return 0 if len(jobs) == idle else self.polling_interval
 
     def wait(self, timeout):
+        """Wait for a free thread, a signal, or a notification about a queue this worker serves."""
         if self.listener is None:
             return super().wait(timeout)
-        if self.wakeup.wait(timeout, self.listener):
+        deadline = time.monotonic() + timeout
+        while self.wakeup.wait(deadline - time.monotonic(), self.listener):
             try:
-                self.listener.drain()
+                queues = self.listener.drain()
             except Exception:
                 logger.exception("%s: lost the LISTEN connection; polling", self.name)
                 self.listener = None
+                return
+            if "" in queues or any(serves(self.queues, queue) for queue in queues):
+                return
 
     def perform(self, job):
         """Run one claimed job in a pool thread and record how it ended."""
