@@ -139,10 +139,17 @@ class Supervisor:
                 self.fork(child)
 
     def recover(self, pid, message):
-        """Deregister what a dead child left behind, interrupting its jobs."""
-        dead = Process.objects.using(self.database).filter(supervisor=self.process, pid=pid)
-        for process in dead:
-            process.deregister(ProcessExitError, f"{process.name}: {message}", using=self.database)
+        """Deregister what a dead child left behind, interrupting its jobs. If the database
+        is unreachable now, pruning by heartbeat age does it later."""
+        try:
+            dead = Process.objects.using(self.database).filter(supervisor=self.process, pid=pid)
+            for process in dead:
+                process.deregister(
+                    ProcessExitError, f"{process.name}: {message}", using=self.database
+                )
+        except DatabaseError:
+            logger.exception("%s: cannot recover pid %s's jobs yet", self.process.name, pid)
+            connections[self.database].close()
 
     def heartbeat(self):
         if not self.process.heartbeat(using=self.database):
