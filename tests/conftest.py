@@ -1,5 +1,6 @@
 """Fixtures shared by the suite: waiting on conditions, and running the real dq_work."""
 
+import contextlib
 import json
 import os
 import signal
@@ -85,10 +86,8 @@ class DQWork:
             self.proc.kill()
             self.proc.wait()
             for pid in children:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self.log.close()
 
 

@@ -7,3 +7,6 @@ class Run(models.Model):
     label = models.CharField(max_length=200)
     pid = models.IntegerField()
     at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.label} (pid {self.pid})"

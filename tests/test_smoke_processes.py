@@ -17,6 +17,10 @@ def test_dq_work_runs_jobs_and_stops_gracefully(dq_work):
     for result in results:
         result.refresh()
         assert result.return_value == 2 * int(result.args[0])
-    assert set(Process.objects.values_list("kind", flat=True)) == {"supervisor", "worker", "dispatcher"}
+    assert set(Process.objects.values_list("kind", flat=True)) == {
+        "supervisor",
+        "worker",
+        "dispatcher",
+    }
     assert work.stop(signal.SIGTERM) == 0, work.output()
     assert not Process.objects.exists()
