@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_until(condition, *, timeout=30.0, interval=0.02, message=None):
-    """Call ``condition`` until it returns something truthy, and return that; fail at the deadline."""
+    """Call ``condition`` until it returns something truthy, return that; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
