@@ -1,6 +1,5 @@
 """The django.tasks backend: validate, store as a Job, and read a Job back as a TaskResult."""
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -12,20 +11,11 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
 from . import checks
+from .conf import exponential_backoff
 from .models import ClaimedExecution, Job
 from .models.job import jsonable, load_task
 
 DELIVERY_MODES = {Job.Delivery.AT_LEAST_ONCE, Job.Delivery.AT_MOST_ONCE}
-BACKOFF_BASE = 2.0  # seconds before the first retry
-BACKOFF_CAP = 3600.0
-BACKOFF_JITTER = 0.25
-
-
-def exponential_backoff(failures):
-    """Seconds before retrying after ``failures`` failed attempts: 2, 4, 8, ... up to an hour,
-    each spread by +/-25% so that jobs failing together do not retry together."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
-    return delay * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

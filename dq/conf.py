@@ -4,6 +4,7 @@ Options are read from ``settings.TASKS[alias]["OPTIONS"]`` whenever they are
 asked for, so ``override_settings`` just works.
 """
 
+import random
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
@@ -22,6 +23,17 @@ DEFAULT_MAINTENANCE_INTERVAL = 10.0
 DEFAULT_MAX_INTERRUPTIONS = 3
 
 ALL_QUEUES = "*"
+
+BACKOFF_BASE = 2.0  # seconds before the first retry
+BACKOFF_CAP = 3600.0
+BACKOFF_JITTER = 0.25
+
+
+def exponential_backoff(failures):
+    """Seconds before retrying after ``failures`` failed attempts: 2, 4, 8, ... up to an hour,
+    each spread by +/-25% so that jobs failing together do not retry together."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
+    return delay * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
 
 
 @dataclass(frozen=True, slots=True)

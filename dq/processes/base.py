@@ -87,12 +87,9 @@ class Role:
     def run(self):
         """Run until told to stop; return the process's exit status."""
         self.install_signal_handlers()
-        self.process = Process.register(
-            self.kind,
-            supervisor=Process(pk=self.supervisor_id),
-            metadata=self.metadata(),
-            using=self.database,
-        )
+        self.process = self.register()
+        if self.process is None:
+            return 0
         logger.info("%s started (pid %s)", self.name, os.getpid())
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="dq-heartbeat", daemon=True)
         heartbeat.start()
@@ -117,6 +114,25 @@ class Role:
             self.process.deregister(exception_class, message, using=self.database)
             logger.info("%s stopped (%s)", self.name, self.stopping)
         return 0
+
+    def register(self):
+        """Register this process, waiting out database errors; None if told to stop first."""
+        failures = 0
+        while self.stopping is None:
+            try:
+                return Process.register(
+                    self.kind,
+                    supervisor=Process(pk=self.supervisor_id),
+                    metadata=self.metadata(),
+                    using=self.database,
+                )
+            except DatabaseError:
+                failures += 1
+                delay = database_retry_delay(failures)
+                logger.exception("dq %s: cannot register; retrying in %.1fs", self.kind, delay)
+                connections[self.database].close()
+                self.wakeup.wait(delay)
+        return None
 
     def start(self):
         """Set up what poll() needs, after registration."""

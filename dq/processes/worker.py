@@ -6,7 +6,7 @@ from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
 
 from .. import db as vendor
-from ..conf import ALL_QUEUES
+from ..conf import ALL_QUEUES, exponential_backoff
 from ..exceptions import ShutdownTimeoutError
 from ..models import ClaimedExecution, Process, ReadyExecution
 from ..models.job import describe_error, jsonable, load_task
@@ -95,23 +95,14 @@ class Worker(Role):
                 connection.close()
 
     def _perform(self, job):
-        try:
-            task = load_task(job.task_path)
-        except ImportError as error:
-            ended = ClaimedExecution.fail(
-                job.claim_id,
-                describe_error(error),
-                worker_id=self.name,
-                backoff=lambda failures: 0,
-                using=self.database,
-            )
-            logger.error("%s: job %s failed: %s", self.name, job.pk, error)
-            return
-        backend = task_backends[job.backend]
-        result = backend.to_result(job, task, running_worker_id=self.name)
-        task_started.send(type(backend), task_result=result)
+        task = backend = None
         started = time.monotonic()
         try:
+            # Anything that goes wrong from here on is the job's failure, never the worker's.
+            task = load_task(job.task_path)
+            backend = task_backends[job.backend]
+            result = backend.to_result(job, task, running_worker_id=self.name)
+            task_started.send(type(backend), task_result=result)
             if task.takes_context:
                 value = task.call(TaskContext(task_result=result), *job.args, **job.kwargs)
             else:
@@ -122,7 +113,7 @@ class Worker(Role):
                 job.claim_id,
                 describe_error(error),
                 worker_id=self.name,
-                backoff=getattr(task, "retry_delay", lambda failures: 0),
+                backoff=getattr(task, "retry_delay", exponential_backoff),
                 using=self.database,
             )
             if ended is not None and ended.status != ended.Status.FAILED:
@@ -133,7 +124,7 @@ class Worker(Role):
                     job.task_path,
                     ended.attempt_count,
                     error,
-                    ended.scheduled_at or "once",
+                    ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
                 )
                 return
         else:
@@ -147,8 +138,10 @@ class Worker(Role):
                 job.pk,
                 time.monotonic() - started,
             )
-            return
-        task_finished.send(type(backend), task_result=backend.to_result(ended, task))
+        elif backend is not None:
+            task_finished.send(type(backend), task_result=backend.to_result(ended, task))
+        else:
+            logger.error("%s: job %s failed: %s", self.name, job.pk, ended.errors[-1]["message"])
 
     def shut_down(self):
         if self.pool is None:
