@@ -63,6 +63,8 @@ class ReadyExecution(models.Model):
             ready = ready.filter(queue_name__startswith=selector[:-1])
         elif selector != ALL_QUEUES:
             ready = ready.filter(queue_name=selector)
+        if not ready.exists():
+            return []  # on SQLite an empty poll must not take the write lock
         with transaction.atomic(using=using):
             picked = list(
                 ready.select_for_update(skip_locked=True)
