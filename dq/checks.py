@@ -21,7 +21,8 @@ def check_backend(backend):
         )
     if not problems:
         database = settings.DATABASES[config.database]
-        immediate = database.get("OPTIONS", {}).get("transaction_mode", "").upper() == "IMMEDIATE"
+        mode = database.get("OPTIONS", {}).get("transaction_mode") or ""
+        immediate = mode.upper() == "IMMEDIATE"
         if database["ENGINE"] == "django.db.backends.sqlite3" and not immediate:
             messages.append(
                 Warning(

@@ -140,7 +140,7 @@ def parse(alias, options):
         )
 
     database = options.get("database", DEFAULT_DB_ALIAS)
-    if database not in settings.DATABASES:
+    if not isinstance(database, str) or database not in settings.DATABASES:
         problems.append(
             Problem("dq.E003", f"OPTIONS['database'] is {database!r}, which is not in DATABASES.")
         )
@@ -202,7 +202,14 @@ def _parse_workers(value, problems):
     for index, section in enumerate(value):
         worker = _parse_section(section, WorkerConfig, _WORKER_KEYS, f"workers[{index}]", problems)
         if worker is not None:
-            worker = replace(worker, queues=parse_queues(worker.queues))
+            queues = worker.queues
+            if not isinstance(queues, str) and not (
+                isinstance(queues, list | tuple) and all(isinstance(q, str) for q in queues)
+            ):
+                message = f"workers[{index}].queues must be a list of names, not {queues!r}."
+                problems.append(Problem("dq.E002", message))
+                continue
+            worker = replace(worker, queues=parse_queues(queues))
             _check_worker(worker, f"workers[{index}]", problems)
             workers.append(worker)
     return tuple(workers)

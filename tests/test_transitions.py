@@ -1,0 +1,440 @@
+"""The state transitions on dq's models, called directly."""
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.tasks import TaskResultStatus
+from django.test import override_settings
+from django.utils import timezone
+
+from dq.exceptions import ProcessExitError, ProcessMissingError, ProcessPrunedError
+from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
+
+from .conftest import InProcessWorker
+from .models import Run
+from .tasks import add, block_at_most_once, boom, flaky, record
+
+pytestmark = pytest.mark.django_db
+
+EXIT = "dq.exceptions.ProcessExitError"
+
+
+def interrupt(job, exception_class=ProcessExitError, message="worker exited"):
+    """Interrupt the claim on ``job``, as a supervisor does when its worker dies."""
+    return ClaimedExecution.interrupt(
+        ClaimedExecution.objects.filter(job_id=job.pk), exception_class, message, using="default"
+    )
+
+
+def claimed_by(job):
+    claim = ClaimedExecution.objects.filter(job_id=job.pk).first()
+    return claim.process_id if claim else None
+
+
+def state(job):
+    """The job's status and which execution tables hold it."""
+    job = Job.objects.get(pk=job.pk)
+    tables = [
+        name
+        for name, model in (
+            ("ready", ReadyExecution),
+            ("claimed", ClaimedExecution),
+            ("failed", FailedExecution),
+        )
+        if model.objects.filter(job_id=job.pk).exists()
+    ]
+    return job.status, tables
+
+
+# --- claim -----------------------------------------------------------------------------
+
+
+def test_two_claimers_never_get_the_same_job(db):
+    ids = {int(record.enqueue(f"j{i}").id) for i in range(7)}
+    first, second = InProcessWorker(), InProcessWorker()
+
+    mine = {job.pk for job in first.claim(limit=3)}
+    theirs = {job.pk for job in second.claim(limit=100)}
+
+    assert len(mine) == 3 and len(theirs) == 4
+    assert mine.isdisjoint(theirs)
+    assert mine | theirs == ids
+    assert first.claim(limit=100) == [] and second.claim(limit=100) == []
+    claims = dict(ClaimedExecution.objects.values_list("job_id", "process_id"))
+    assert {pk for pk, process in claims.items() if process == first.process.pk} == mine
+    assert {pk for pk, process in claims.items() if process == second.process.pk} == theirs
+
+
+def test_claim_takes_at_most_limit_jobs_highest_priority_first(worker):
+    for priority in (1, 5, 3, 4, 2):
+        record.using(priority=priority).enqueue(f"p{priority}")
+
+    jobs = worker.claim(limit=2)
+
+    assert sorted(job.args[0] for job in jobs) == ["p4", "p5"]
+    assert ReadyExecution.objects.count() == 3
+    assert ClaimedExecution.objects.count() == 2
+
+
+def test_a_claimed_job_is_running_with_its_attempt_started(worker):
+    result = add.enqueue(1, 2)
+    before = timezone.now()
+
+    [job] = worker.claim()
+
+    assert job.pk == int(result.id)
+    assert job.claim_id == ClaimedExecution.objects.get(job_id=job.pk).pk
+    assert job.status == Job.Status.RUNNING
+    assert job.attempt_count == 1
+    assert before <= job.started_at == job.last_attempted_at <= timezone.now()
+    assert state(job) == (Job.Status.RUNNING, ["claimed"])
+    result.refresh()
+    assert result.status == TaskResultStatus.RUNNING
+    assert result.worker_ids == [worker.process.name]
+
+
+# --- finish / fail and the stale-worker guard ------------------------------------------
+
+
+def test_finish_and_fail_of_a_claim_taken_over_do_nothing(db):
+    result = record.enqueue("taken over")
+    first, second = InProcessWorker(), InProcessWorker()
+    [stale] = first.claim()
+    assert interrupt(stale) == 1
+    [current] = second.claim()
+    assert current.pk == stale.pk and current.claim_id != stale.claim_id
+
+    assert (
+        ClaimedExecution.finish(
+            stale.claim_id, "stale", worker_id=first.process.name, using="default"
+        )
+        is None
+    )
+    assert (
+        ClaimedExecution.fail(
+            stale.claim_id,
+            {"exception_class_path": "builtins.ValueError", "message": "x", "traceback": "x"},
+            worker_id=first.process.name,
+            backoff=lambda failures: 0,
+            using="default",
+        )
+        is None
+    )
+
+    assert claimed_by(current) == second.process.pk
+    assert state(current) == (Job.Status.RUNNING, ["claimed"])
+    job = Job.objects.get(pk=current.pk)
+    assert job.return_value is None
+    assert len(job.attempts) == 1  # the interruption only
+
+    second.worker.perform(current)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == "taken over"
+    assert result.worker_ids == [first.process.name, second.process.name]
+    assert [error.exception_class_path for error in result.errors] == [EXIT]
+
+
+def test_a_stale_worker_that_runs_the_job_anyway_drops_its_outcome(db):
+    result = flaky.enqueue("stale", 0)
+    first, second = InProcessWorker(), InProcessWorker()
+    [stale] = first.claim()
+    interrupt(stale)
+    [current] = second.claim()
+
+    first.worker.perform(stale)  # the task body runs, its outcome is dropped
+
+    assert claimed_by(current) == second.process.pk
+    assert Job.objects.get(pk=current.pk).status == Job.Status.RUNNING
+    second.worker.perform(current)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.worker_ids == [first.process.name, second.process.name]
+    assert Run.objects.filter(label="stale").count() == 2
+
+
+def test_finish_of_a_finished_claim_returns_none(worker):
+    record.enqueue("twice")
+    [job] = worker.claim()
+    ended = ClaimedExecution.finish(job.claim_id, "one", worker_id="w", using="default")
+
+    assert ended.status == Job.Status.SUCCESSFUL
+    assert ClaimedExecution.finish(job.claim_id, "two", worker_id="w", using="default") is None
+    job.refresh_from_db()
+    assert job.return_value == "one"
+    assert len(job.attempts) == 1
+
+
+# --- interruptions ---------------------------------------------------------------------
+
+
+def test_an_interrupted_at_least_once_job_is_ready_again_with_the_interruption_recorded(worker):
+    result = record.enqueue("again")
+    [job] = worker.claim()
+
+    assert interrupt(job, message="worker 7 exited") == 1
+
+    assert state(job) == (Job.Status.READY, ["ready"])
+    job = Job.objects.get(pk=job.pk)
+    assert job.interruption_count == 1
+    assert job.attempt_count == 1
+    [attempt] = job.attempts
+    assert attempt["worker_id"] == worker.process.name
+    assert attempt["error"]["exception_class_path"] == EXIT
+    assert attempt["error"]["message"] == "worker 7 exited"
+    result.refresh()
+    assert result.status == TaskResultStatus.READY
+    assert [error.exception_class_path for error in result.errors] == [EXIT]
+    assert result.errors[0].exception_class is ProcessExitError
+
+
+def test_interrupt_does_not_count_against_max_attempts(worker):
+    result = record.enqueue("one attempt")  # max_attempts=1
+    [job] = worker.claim()
+    interrupt(job)
+
+    worker.work_off()
+
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.attempts == 2
+
+
+def interrupt_until_failed(worker, job, limit=10):
+    """Claim and interrupt ``job`` until it fails; returns how many interruptions that took."""
+    for count in range(1, limit + 1):
+        [claimed] = worker.claim()
+        assert claimed.pk == job.pk
+        interrupt(claimed)
+        if Job.objects.get(pk=job.pk).status == Job.Status.FAILED:
+            return count
+        assert state(job) == (Job.Status.READY, ["ready"])
+    pytest.fail(f"job {job.pk} still not failed after {limit} interruptions")
+
+
+def test_after_max_interruptions_an_at_least_once_job_fails(worker):
+    result = record.enqueue("loops")
+    job = Job.objects.get(pk=int(result.id))
+
+    # Re-run after each of 3 interruptions (the default max_interruptions); the 4th fails it.
+    assert interrupt_until_failed(worker, job) == 4
+
+    assert state(job) == (Job.Status.FAILED, ["failed"])
+    failed = FailedExecution.objects.get(job_id=job.pk)
+    assert failed.exception_class_path == EXIT
+    assert failed.message == "worker exited"
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert result.attempts == 4
+    assert [error.exception_class_path for error in result.errors] == [EXIT] * 4
+
+
+@pytest.mark.parametrize(("max_interruptions", "interruptions"), [(1, 2), (0, 1), (5, 6)])
+def test_max_interruptions_comes_from_the_backend_options(worker, max_interruptions, interruptions):
+    tasks = {
+        "default": {
+            **settings.TASKS["default"],
+            "OPTIONS": {"max_interruptions": max_interruptions},
+        }
+    }
+    with override_settings(TASKS=tasks):
+        result = record.enqueue("configured")
+        job = Job.objects.get(pk=int(result.id))
+        assert interrupt_until_failed(worker, job) == interruptions
+
+
+def test_an_interrupted_at_most_once_job_fails_at_once(worker, release):
+    result = block_at_most_once.enqueue("at most once", release.path)
+    [job] = worker.claim()
+
+    interrupt(job, message="worker 8 exited")
+
+    assert state(job) == (Job.Status.FAILED, ["failed"])
+    failed = FailedExecution.objects.get(job_id=job.pk)
+    assert failed.exception_class_path == EXIT
+    assert failed.message == "worker 8 exited"
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert [error.exception_class_path for error in result.errors] == [EXIT]
+    assert worker.claim() == []
+
+
+def test_interrupt_of_several_claims_returns_the_count(worker):
+    for i in range(3):
+        record.enqueue(f"i{i}")
+    worker.claim(limit=10)
+
+    count = ClaimedExecution.interrupt(
+        ClaimedExecution.objects.filter(process_id=worker.process.pk),
+        ProcessExitError,
+        "all of them",
+        using="default",
+    )
+
+    assert count == 3
+    assert ReadyExecution.objects.count() == 3
+    assert not ClaimedExecution.objects.exists()
+
+
+def test_an_interrupted_then_successful_job_has_one_error_the_interruption(worker):
+    result = add.enqueue(2, 2)
+    [job] = worker.claim()
+    interrupt(job)
+
+    worker.work_off()
+
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 4
+    assert [error.exception_class_path for error in result.errors] == [EXIT]
+    assert "ProcessExitError: worker exited" in result.errors[0].traceback
+    assert result.worker_ids == [worker.process.name] * 2
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def test_register_and_heartbeat(db):
+    process = Process.register(Process.Kind.WORKER, metadata={"threads": 2}, using="default")
+    stored = Process.objects.get(pk=process.pk)
+    assert stored.kind == "worker" and stored.metadata == {"threads": 2}
+    assert stored.name.startswith("worker-")
+    long_ago = timezone.now() - timedelta(hours=1)
+    Process.objects.filter(pk=process.pk).update(last_heartbeat_at=long_ago)
+
+    assert process.heartbeat(using="default") is True
+    assert Process.objects.get(pk=process.pk).last_heartbeat_at > long_ago
+
+    Process.objects.filter(pk=process.pk).delete()
+    assert process.heartbeat(using="default") is False
+
+
+def test_process_names_are_unique(db):
+    names = {Process.register(Process.Kind.WORKER, using="default").name for _ in range(20)}
+    assert len(names) == 20
+
+
+def test_prune_deregisters_stale_processes_and_interrupts_their_claims(db):
+    stale, fresh = InProcessWorker(), InProcessWorker()
+    old = record.enqueue("held by stale")
+    [stale_job] = stale.claim()
+    record.enqueue("held by fresh")
+    [fresh_job] = fresh.claim()
+    Process.objects.filter(pk=stale.process.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=120)
+    )
+
+    pruned = Process.prune(60, using="default")
+
+    assert [process.pk for process in pruned] == [stale.process.pk]
+    assert set(Process.objects.values_list("pk", flat=True)) == {fresh.process.pk}
+    assert state(stale_job) == (Job.Status.READY, ["ready"])
+    assert claimed_by(fresh_job) == fresh.process.pk
+    old.refresh()
+    assert [error.exception_class_path for error in old.errors] == [
+        "dq.exceptions.ProcessPrunedError"
+    ]
+    assert old.errors[0].exception_class is ProcessPrunedError
+    assert stale.process.name in old.errors[0].traceback
+
+
+def test_prune_leaves_processes_within_the_threshold_and_the_excluded_one(db):
+    recent, excluded = InProcessWorker(), InProcessWorker()
+    Process.objects.filter(pk=recent.process.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=30)
+    )
+    Process.objects.filter(pk=excluded.process.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=600)
+    )
+
+    assert Process.prune(60, exclude=excluded.process, using="default") == []
+    assert Process.objects.count() == 2
+
+    assert [p.pk for p in Process.prune(60, using="default")] == [excluded.process.pk]
+    assert [p.pk for p in Process.prune(10, using="default")] == [recent.process.pk]
+    assert not Process.objects.exists()
+
+
+def test_deregister_interrupts_the_claims_and_deletes_the_row(worker):
+    result = record.enqueue("deregistered")
+    worker.claim()
+
+    worker.process.deregister(ProcessExitError, "stopped", using="default")
+
+    assert not Process.objects.filter(pk=worker.process.pk).exists()
+    result.refresh()
+    assert result.status == TaskResultStatus.READY
+    assert [error.exception_class_path for error in result.errors] == [EXIT]
+
+
+def test_recover_orphaned_claims_interrupts_claims_whose_process_is_gone(db):
+    gone, alive = InProcessWorker(), InProcessWorker()
+    orphan = record.enqueue("orphan")
+    [orphan_job] = gone.claim()
+    record.enqueue("kept")
+    [kept_job] = alive.claim()
+    gone_id = gone.process.pk
+    Process.objects.filter(pk=gone_id).delete()
+
+    assert Process.recover_orphaned_claims(using="default") == 1
+
+    assert state(orphan_job) == (Job.Status.READY, ["ready"])
+    assert claimed_by(kept_job) == alive.process.pk
+    orphan.refresh()
+    assert [error.exception_class_path for error in orphan.errors] == [
+        "dq.exceptions.ProcessMissingError"
+    ]
+    assert orphan.errors[0].exception_class is ProcessMissingError
+    assert orphan.worker_ids == [f"process-{gone_id}"]
+    assert Process.recover_orphaned_claims(using="default") == 0
+
+
+# --- retry of a failed job -------------------------------------------------------------
+
+
+def test_retry_of_a_failed_job_runs_it_once_more_and_keeps_its_history(worker):
+    result = flaky.using(max_attempts=1).enqueue("retried", 1)
+    worker.work_off()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    failed = FailedExecution.objects.get(job_id=int(result.id))
+
+    assert failed.retry(using="default") is True
+
+    job = Job.objects.get(pk=int(result.id))
+    assert state(job) == (Job.Status.READY, ["ready"])
+    assert job.finished_at is None
+    assert len(job.attempts) == 1
+    assert failed.retry(using="default") is False  # already retried
+
+    assert [j.pk for j in worker.work_off()] == [job.pk]
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 2
+    assert result.attempts == 2
+    assert [error.exception_class_path for error in result.errors] == ["builtins.ValueError"]
+    assert Run.objects.filter(label="retried").count() == 2
+
+
+def test_a_retried_job_that_fails_again_runs_only_once_more(worker):
+    result = boom.using(max_attempts=2).enqueue()
+    # Fail it outright: two attempts, no backoff wait.
+    for _ in range(2):
+        [job] = worker.claim()
+        ClaimedExecution.fail(
+            job.claim_id,
+            {"exception_class_path": "builtins.RuntimeError", "message": "m", "traceback": "t"},
+            worker_id=worker.process.name,
+            backoff=lambda failures: 0,
+            using="default",
+        )
+    assert state(job) == (Job.Status.FAILED, ["failed"])
+
+    FailedExecution.objects.get(job_id=job.pk).retry(using="default")
+    assert len(worker.work_off()) == 1
+
+    assert state(job) == (Job.Status.FAILED, ["failed"])
+    result.refresh()
+    assert result.attempts == 3
+    assert len(result.errors) == 3
