@@ -9,9 +9,10 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils.module_loading import import_string
 
 from . import checks
-from .conf import exponential_backoff
+from .conf import exponential_backoff  # noqa: F401 - part of the public surface
 from .models import ClaimedExecution, Job
 from .models.job import jsonable, load_task
 
@@ -37,13 +38,6 @@ class DQTask(Task):
         )
         return replace(changed, **options) if options else changed
 
-    def retry_delay(self, failures):
-        if self.backoff is None:
-            return exponential_backoff(failures)
-        if callable(self.backoff):
-            return self.backoff(failures)
-        return self.backoff
-
     def enqueue_many(self, calls):
         """Enqueue one job per ``(args, kwargs)`` pair in a few statements; returns the results."""
         return self.get_backend().enqueue_many(self, calls)
@@ -66,12 +60,18 @@ class DQBackend(BaseTaskBackend):
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidTask(f"max_attempts must be a whole number >= 1, not {max_attempts!r}.")
         backoff = getattr(task, "backoff", None)
-        if not (backoff is None or callable(backoff)) and (
+        if callable(backoff):
+            if not is_importable(backoff):
+                raise InvalidTask(
+                    "A backoff callable must be a module-level function (jobs store its path), "
+                    f"not {backoff!r}."
+                )
+        elif backoff is not None and (
             isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0
         ):
             raise InvalidTask(
-                "backoff must be a number of seconds >= 0, or a callable taking the number of "
-                f"failed attempts and returning seconds, not {backoff!r}."
+                "backoff must be a number of seconds >= 0, or a module-level function taking "
+                f"the number of failed attempts and returning seconds, not {backoff!r}."
             )
         delivery = getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE)
         if delivery == Job.Delivery.EXACTLY_ONCE:
@@ -102,6 +102,7 @@ class DQBackend(BaseTaskBackend):
                 backend=self.alias,
                 delivery=getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE),
                 max_attempts=getattr(task, "max_attempts", 1),
+                backoff=backoff_of(task),
                 scheduled_at=task.run_after,
             )
             for args, kwargs in calls
@@ -159,6 +160,21 @@ class DQBackend(BaseTaskBackend):
 
     def check(self, **kwargs):
         return checks.check_backend(self)
+
+
+def is_importable(function):
+    try:
+        return import_string(f"{function.__module__}.{function.__qualname__}") is function
+    except (ImportError, AttributeError):
+        return False
+
+
+def backoff_of(task):
+    """A task's backoff as a job stores it: seconds, a function's dotted path, or None."""
+    backoff = getattr(task, "backoff", None)
+    if callable(backoff):
+        return f"{backoff.__module__}.{backoff.__qualname__}"
+    return backoff
 
 
 STATUS_OF_JOB = {

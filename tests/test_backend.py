@@ -1,5 +1,6 @@
 """The django.tasks API through dq, run by an in-process worker."""
 
+import functools
 import math
 from datetime import timedelta
 
@@ -31,6 +32,7 @@ from .tasks import (
     always_fails_with_backoff,
     async_add,
     attempt_with_context,
+    backoff_by_failures,
     boom,
     fails_with_backoff_30,
     flaky,
@@ -484,11 +486,6 @@ def test_a_number_backoff_schedules_the_retry_that_many_seconds_later(worker):
     assert Run.objects.filter(label="backoff").count() == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dq bug: backoff given with .using() is not stored on the Job; the worker loads "
-    "the module-level task and uses its backoff (here the default, exponential) instead",
-)
 def test_a_backoff_given_with_using_is_the_one_the_retry_uses(worker):
     result = flaky.using(backoff=30).enqueue("using-backoff", 5)
 
@@ -533,10 +530,9 @@ def test_using_sets_dq_options_that_reach_the_job():
     assert (changed.max_attempts, changed.delivery, changed.backoff) == (4, "at_most_once", 7)
     assert changed.priority == 3
     assert (record.max_attempts, record.delivery, record.backoff) == (1, "at_least_once", None)
-    assert changed.retry_delay(1) == 7
 
     job = Job.objects.get(pk=int(changed.enqueue("x").id))
-    assert (job.max_attempts, job.delivery, job.priority) == (4, "at_most_once", 3)
+    assert (job.max_attempts, job.delivery, job.priority, job.backoff) == (4, "at_most_once", 3, 7)
 
 
 def test_using_keeps_options_not_given():
@@ -576,7 +572,24 @@ def test_valid_task_options_make_a_task():
         "at_most_once",
         -3,
     )
-    assert task(backoff=lambda failures: failures)(plain).retry_delay(4) == 4
+    made = task(backoff=backoff_by_failures)(plain)
+    assert made.backoff is backoff_by_failures
+
+
+def test_a_backoff_function_is_stored_by_path_and_called_with_the_failures(db):
+    result = record.using(backoff=backoff_by_failures).enqueue("x")
+    job = Job.objects.get(pk=int(result.id))
+    assert job.backoff == "tests.tasks.backoff_by_failures"
+    job.attempt_count = 2
+    assert job.retry_delay() == backoff_by_failures(2)
+
+
+@pytest.mark.parametrize(
+    "backoff", [lambda failures: failures, functools.partial(backoff_by_failures)]
+)
+def test_a_backoff_that_is_not_a_module_level_function_is_rejected(backoff):
+    with pytest.raises(InvalidTask, match="module-level function"):
+        record.using(backoff=backoff)
 
 
 # --- bad input -------------------------------------------------------------------------

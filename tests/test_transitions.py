@@ -116,7 +116,6 @@ def test_finish_and_fail_of_a_claim_taken_over_do_nothing(db):
             stale.claim_id,
             {"exception_class_path": "builtins.ValueError", "message": "x", "traceback": "x"},
             worker_id=first.process.name,
-            backoff=lambda failures: 0,
             using="default",
         )
         is None
@@ -418,7 +417,7 @@ def test_retry_of_a_failed_job_runs_it_once_more_and_keeps_its_history(worker):
 
 
 def test_a_retried_job_that_fails_again_runs_only_once_more(worker):
-    result = boom.using(max_attempts=2).enqueue()
+    result = boom.using(max_attempts=2, backoff=0).enqueue()
     # Fail it outright: two attempts, no backoff wait.
     for _ in range(2):
         [job] = worker.claim()
@@ -426,7 +425,6 @@ def test_a_retried_job_that_fails_again_runs_only_once_more(worker):
             job.claim_id,
             {"exception_class_path": "builtins.RuntimeError", "message": "m", "traceback": "t"},
             worker_id=worker.process.name,
-            backoff=lambda failures: 0,
             using="default",
         )
     assert state(job) == (Job.Status.FAILED, ["failed"])

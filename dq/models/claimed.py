@@ -50,9 +50,9 @@ class ClaimedExecution(models.Model):
         return job
 
     @classmethod
-    def fail(cls, claim_id, error, *, worker_id, backoff, using):
-        """Record a run that raised: retry after ``backoff(failures)`` seconds while attempts
-        remain, else fail the job. Returns the job, or None if the claim was taken over."""
+    def fail(cls, claim_id, error, *, worker_id, using):
+        """Record a run that raised: retry after the job's backoff while attempts remain,
+        else fail the job. Returns the job, or None if the claim was taken over."""
         with transaction.atomic(using=using):
             claim = cls._relock(claim_id, using)
             if claim is None:
@@ -63,7 +63,7 @@ class ClaimedExecution(models.Model):
             )
             claim.delete(using=using)
             if job.failure_count < job.max_attempts:
-                job.schedule_retry(now, backoff(job.failure_count), using=using)
+                job.schedule_retry(now, job.retry_delay(), using=using)
             else:
                 job.fail(error, now, using=using)
         return job

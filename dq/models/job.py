@@ -1,4 +1,5 @@
 import json
+import logging
 from datetime import timedelta
 from traceback import format_exception
 
@@ -9,6 +10,9 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from .. import db as vendor
+from ..conf import exponential_backoff
+
+logger = logging.getLogger("dq")
 
 
 def load_task(path):
@@ -84,6 +88,9 @@ class Job(models.Model):
     backend = models.CharField(max_length=100)
     delivery = models.CharField(max_length=20, choices=Delivery, default=Delivery.AT_LEAST_ONCE)
     max_attempts = models.PositiveIntegerField(default=1)
+    # Seconds before a retry, or the dotted path of a function (failures) -> seconds;
+    # None: conf.exponential_backoff.
+    backoff = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField()
@@ -127,6 +134,20 @@ class Job(models.Model):
                 "error": error,
             },
         ]
+
+    def retry_delay(self):
+        """Seconds to wait before retrying after this job's latest failure."""
+        if self.backoff is None:
+            return exponential_backoff(self.failure_count)
+        if isinstance(self.backoff, str):
+            try:
+                return import_string(self.backoff)(self.failure_count)
+            except Exception:
+                logger.exception(
+                    "Job %s: backoff %s failed; using the default", self.pk, self.backoff
+                )
+                return exponential_backoff(self.failure_count)
+        return self.backoff
 
     def schedule_retry(self, now, delay, *, using):
         """Make the job ready again, or scheduled ``delay`` seconds from ``now``."""

@@ -6,7 +6,7 @@ from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
 
 from .. import db as vendor
-from ..conf import ALL_QUEUES, exponential_backoff
+from ..conf import ALL_QUEUES
 from ..exceptions import ShutdownTimeoutError
 from ..models import ClaimedExecution, Process, ReadyExecution
 from ..models.job import describe_error, jsonable, load_task
@@ -113,7 +113,6 @@ class Worker(Role):
                 job.claim_id,
                 describe_error(error),
                 worker_id=self.name,
-                backoff=getattr(task, "retry_delay", exponential_backoff),
                 using=self.database,
             )
             if ended is not None and ended.status != ended.Status.FAILED:
