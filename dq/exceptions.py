@@ -27,3 +27,7 @@ class ConfigurationError(ImproperlyConfigured):
 
 class ProcessMissingError(JobInterrupted):
     """The job was claimed by a process that no longer exists."""
+
+
+class TransitionNotAllowed(DQError):
+    """A job is not in a state that allows the change asked for."""

@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from .. import db as vendor
 from ..conf import exponential_backoff
+from ..exceptions import TransitionNotAllowed
 
 logger = logging.getLogger("dq")
 
@@ -171,6 +172,50 @@ class Job(models.Model):
             traceback=error["traceback"],
             failed_at=now,
         )
+
+    @classmethod
+    def discard(cls, job_id, *, using):
+        """Delete a job that is ready, scheduled or failed, with its execution row.
+
+        TransitionNotAllowed if it is running, finished, or changed state meanwhile.
+        """
+        with transaction.atomic(using=using):
+            job = cls.objects.using(using).get(pk=job_id)
+            execution = job.execution_model()
+            if job.status == cls.Status.RUNNING:
+                raise TransitionNotAllowed(
+                    f"Job {job_id} is running on a worker and cannot be discarded; it can be "
+                    "once it has ended."
+                )
+            if execution is None:
+                raise TransitionNotAllowed(
+                    f"Job {job_id} has finished; there is nothing to discard."
+                )
+            # Lock the execution row first, in the order a claim takes its locks.
+            if (
+                not execution.objects.using(using)
+                .select_for_update()
+                .filter(job_id=job_id)
+                .exists()
+            ):
+                raise TransitionNotAllowed(
+                    f"Job {job_id} changed state while being discarded; reload and try again."
+                )
+            cls.objects.using(using).filter(pk=job_id).delete()
+
+    def execution_model(self):
+        """The model of the execution row this job's status names, None once it succeeded."""
+        from .claimed import ClaimedExecution
+        from .failed import FailedExecution
+        from .ready import ReadyExecution
+        from .scheduled import ScheduledExecution
+
+        return {
+            self.Status.READY: ReadyExecution,
+            self.Status.SCHEDULED: ScheduledExecution,
+            self.Status.RUNNING: ClaimedExecution,
+            self.Status.FAILED: FailedExecution,
+        }.get(self.status)
 
     _progress_fields = [
         "status",

@@ -45,5 +45,19 @@ class ScheduledExecution(models.Model):
         return len(due)
 
     @classmethod
+    def run_now(cls, job_id, *, using):
+        """Make a scheduled job ready at once. False if it is no longer scheduled."""
+        with transaction.atomic(using=using):
+            scheduled = cls.objects.using(using).select_for_update().filter(job_id=job_id).first()
+            if scheduled is None:
+                return False
+            scheduled.delete(using=using)
+            job = Job.objects.using(using).get(pk=job_id)
+            job.status = Job.Status.READY
+            job.save(using=using, update_fields=["status"])
+            Job.place([job], using=using)
+        return True
+
+    @classmethod
     def next_due_at(cls, *, using):
         return cls.objects.using(using).aggregate(at=Min("scheduled_at"))["at"]
