@@ -16,8 +16,6 @@ from .conf import exponential_backoff  # noqa: F401 - part of the public surface
 from .models import ClaimedExecution, Job
 from .models.job import jsonable, load_task
 
-DELIVERY_MODES = {Job.Delivery.AT_LEAST_ONCE, Job.Delivery.AT_MOST_ONCE}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DQTask(Task):
@@ -27,10 +25,12 @@ class DQTask(Task):
     # Seconds, or a callable (failed attempts so far) -> seconds; None: exponential_backoff.
     backoff: float | Callable[[int], float] | None = None
     delivery: str = Job.Delivery.AT_LEAST_ONCE
+    # Seconds a run may take before it is interrupted (then handled as its delivery says).
+    timeout: float | None = None
 
     def using(self, *, priority=None, queue_name=None, run_after=None, backend=None, **options):
         """A copy with other defaults; takes dq's options as well as Django's."""
-        unknown = set(options) - {"max_attempts", "backoff", "delivery"}
+        unknown = set(options) - {"max_attempts", "backoff", "delivery", "timeout"}
         if unknown:
             raise TypeError(f"Unknown task option(s): {', '.join(sorted(unknown))}.")
         changed = Task.using(
@@ -74,15 +74,16 @@ class DQBackend(BaseTaskBackend):
                 f"the number of failed attempts and returning seconds, not {backoff!r}."
             )
         delivery = getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE)
-        if delivery == Job.Delivery.EXACTLY_ONCE:
+        if delivery not in Job.Delivery.values:
             raise InvalidTask(
-                "delivery='exactly_once' is not available in this version of dq; "
-                "use 'at_least_once' or 'at_most_once'."
+                "delivery must be 'at_least_once', 'at_most_once' or 'exactly_once', "
+                f"not {delivery!r}."
             )
-        if delivery not in DELIVERY_MODES:
-            raise InvalidTask(
-                f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}."
-            )
+        timeout = getattr(task, "timeout", None)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise InvalidTask(f"timeout must be a number of seconds > 0, not {timeout!r}.")
 
     def enqueue(self, task, args, kwargs):
         [result] = self.enqueue_many(task, [(args, kwargs)])
@@ -103,6 +104,7 @@ class DQBackend(BaseTaskBackend):
                 delivery=getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE),
                 max_attempts=getattr(task, "max_attempts", 1),
                 backoff=backoff_of(task),
+                timeout=getattr(task, "timeout", None),
                 scheduled_at=task.run_after,
             )
             for args, kwargs in calls

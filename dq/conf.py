@@ -43,6 +43,10 @@ class WorkerConfig:
     processes: int = DEFAULT_WORKER_PROCESSES
     # None: the database vendor's default (fast where no notifications exist).
     polling_interval: float | None = None
+    # Recycling: exit gracefully (and be replaced) after this many jobs, or above this
+    # resident memory in MiB. None: never.
+    max_jobs: int | None = None
+    max_memory: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,7 @@ _TOP_LEVEL_KEYS = {
     "maintenance_interval",
     "max_interruptions",
 }
-_WORKER_KEYS = {"queues", "threads", "processes", "polling_interval"}
+_WORKER_KEYS = {"queues", "threads", "processes", "polling_interval", "max_jobs", "max_memory"}
 _DISPATCHER_KEYS = {"processes", "batch_size", "polling_interval"}
 
 
@@ -220,6 +224,10 @@ def _check_worker(worker, where, problems):
     _check_positive(worker.processes, f"{where}.processes", problems, integer=True, zero=True)
     if worker.polling_interval is not None:
         _check_positive(worker.polling_interval, f"{where}.polling_interval", problems)
+    if worker.max_jobs is not None:
+        _check_positive(worker.max_jobs, f"{where}.max_jobs", problems, integer=True)
+    if worker.max_memory is not None:
+        _check_positive(worker.max_memory, f"{where}.max_memory", problems)
     if not worker.queues:
         problems.append(Problem("dq.E004", f"{where}.queues is empty; use ['*'] for every queue."))
     for selector in worker.queues:

@@ -31,3 +31,11 @@ class ProcessMissingError(JobInterrupted):
 
 class TransitionNotAllowed(DQError):
     """A job is not in a state that allows the change asked for."""
+
+
+class JobTimeoutError(JobInterrupted):
+    """The job ran longer than its task's timeout."""
+
+
+class ExactlyOnceViolation(DQError):
+    """An exactly_once task wrote outside the transaction that makes it exactly once."""

@@ -103,7 +103,7 @@ def pid_alive(pid):
     """Whether ``pid`` is a running process (a zombie counts as gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped between open and read
         return False
     return "\nState:\tZ" not in status
 

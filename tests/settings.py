@@ -9,6 +9,7 @@ SECRET_KEY = "dq-tests"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"
+STATIC_URL = "static/"
 
 DATABASES = {
     "default": env.db(
@@ -26,12 +27,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, never in memory: tests fork processes that must see the same database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE / ".test-db" / "test-dq.sqlite3")}
 
+# A second database, for what dq must refuse to mix with its own (exactly_once writes).
+DATABASES["other"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(BASE / ".test-db" / "other.sqlite3"),
+    "TEST": {"NAME": str(BASE / ".test-db" / "test-other.sqlite3")},
+}
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.admin",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "dq",
     "tests",
 ]
@@ -58,3 +67,6 @@ TASKS = {"default": {"BACKEND": "dq.backend.DQBackend", "QUEUES": []}}
 
 # Subprocesses started by the tests (dq_work) take extra backend OPTIONS from here.
 TASKS["default"]["OPTIONS"] = env.json("DQ_TEST_OPTIONS", default={})
+
+# Logging in test users hashes passwords: keep it fast.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -109,3 +110,77 @@ def always_boom():
 def fails_with_backoff_30(label):
     Run.objects.create(label=label, pid=os.getpid())
     raise ValueError(label)
+
+
+@task
+def fails_until_released(label, release_file):
+    """Raise until ``release_file`` exists (one attempt: the job fails), then succeed."""
+    Run.objects.create(label=label, pid=os.getpid())
+    if not Path(release_file).exists():
+        raise ValueError(f"{label}: not released yet")
+    return label
+
+
+@task(max_attempts=3, backoff=0)
+def fails_with(*args, **kwargs):
+    """Fail every attempt with the arguments in the message (the admin shows both)."""
+    raise ValueError(f"bad arguments {args} {kwargs}")
+
+
+@task(max_attempts=3, backoff=0)
+def charge_card(order_id, amount):
+    """Always fails, as a payment gateway that is down would (the admin screenshots)."""
+    raise ConnectionError(f"payment gateway unreachable while charging order {order_id}")
+
+
+@task
+def kill_own_worker(label):
+    """Record a run, then SIGKILL the process running it: a job that kills its worker."""
+    Run.objects.create(label=label, pid=os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(delivery="exactly_once", max_attempts=2, backoff=0)
+def record_exactly_once(label, fail_once_file=None):
+    """Write a Run in the job's own transaction; the first time, raise after writing."""
+    Run.objects.create(label=label, pid=os.getpid())
+    if fail_once_file and not Path(fail_once_file).exists():
+        Path(fail_once_file).touch()
+        raise ValueError("fail after writing")
+    return label
+
+
+@task(delivery="exactly_once")
+def write_elsewhere(label):
+    """An exactly_once task that writes to a database other than dq's."""
+    Run.objects.using("other").create(label=label, pid=os.getpid())
+
+
+@task(delivery="exactly_once")
+def block_exactly_once(label, release_file):
+    """Write "<label>:started" inside the job's transaction, then wait for ``release_file``."""
+    Run.objects.create(label=f"{label}:started", pid=os.getpid())
+    wait_for(release_file)
+    Run.objects.create(label=f"{label}:finished", pid=os.getpid())
+    return label
+
+
+@task(timeout=1)
+def outrun_timeout(label, release_file):
+    """Record the start, then wait for ``release_file`` well past the one-second timeout."""
+    Run.objects.create(label=f"{label}:started", pid=os.getpid())
+    wait_for(release_file)
+    Run.objects.create(label=f"{label}:finished", pid=os.getpid())
+
+
+@task(takes_context=True)
+def checkpoint_on_stop(context, label):
+    """Run until the worker is stopping, then record a checkpoint and return early."""
+    Run.objects.create(label=f"{label}:started", pid=os.getpid())
+    deadline = time.monotonic() + 60
+    while not context.stopping:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker never said it was stopping")
+        time.sleep(0.01)
+    Run.objects.create(label=f"{label}:checkpoint", pid=os.getpid())
+    return "checkpointed"

@@ -548,8 +548,9 @@ def test_using_an_unknown_option_is_a_type_error():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"delivery": "exactly_once"}, "exactly_once.*not available"),
-        ({"delivery": "sometimes"}, "delivery must be 'at_least_once' or 'at_most_once'"),
+        ({"delivery": "sometimes"}, "delivery must be 'at_least_once', 'at_most_once' or"),
+        ({"timeout": 0}, "timeout must be a number of seconds > 0"),
+        ({"timeout": "1m"}, "timeout must be a number of seconds > 0"),
         ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
         ({"max_attempts": 1.5}, "max_attempts must be a whole number >= 1"),
         ({"max_attempts": True}, "max_attempts must be a whole number >= 1"),

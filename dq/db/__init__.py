@@ -7,6 +7,9 @@ Each vendor module provides:
   ready jobs, or None to use the ORM path in ``ReadyExecution.claim``;
 - ``notify_ready(connection, queues)``: wake idle workers when the current
   transaction commits (a no-op where the database cannot);
+- ``session_id(alias)``, ``terminate_session(alias, session)``: the database
+  session of this thread's connection, and ending one from another connection
+  (how a timed-out exactly_once run is rolled back), or None and a no-op;
 - ``Listener(alias)`` or None: a dedicated connection whose ``fileno()`` a
   worker waits on, and whose ``drain()`` returns the queues notified.
 """

@@ -15,3 +15,11 @@ def claim_statement(selector):
 
 def notify_ready(connection, queues):
     pass
+
+
+def session_id(alias):
+    return None
+
+
+def terminate_session(alias, session):
+    pass

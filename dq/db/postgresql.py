@@ -58,6 +58,17 @@ def notify_ready(connection, queues):
         cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
 
 
+def session_id(alias):
+    """The server process id of this thread's connection to ``alias``."""
+    return connections[alias].connection.info.backend_pid
+
+
+def terminate_session(alias, session):
+    """End another connection's session, rolling back its transaction; waits up to 5 s."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [session])
+
+
 class Listener:
     """A connection of its own, in autocommit, LISTENing for ready jobs."""
 

@@ -36,6 +36,7 @@ class Migration(migrations.Migration):
                 ('delivery', models.CharField(choices=[('at_least_once', 'At Least Once'), ('at_most_once', 'At Most Once'), ('exactly_once', 'Exactly Once')], default='at_least_once', max_length=20)),
                 ('max_attempts', models.PositiveIntegerField(default=1)),
                 ('backoff', models.JSONField(blank=True, null=True)),
+                ('timeout', models.FloatField(blank=True, null=True)),
                 ('status', models.CharField(choices=[('ready', 'Ready'), ('scheduled', 'Scheduled'), ('running', 'Running'), ('successful', 'Successful'), ('failed', 'Failed')], max_length=10)),
                 ('scheduled_at', models.DateTimeField(blank=True, null=True)),
                 ('enqueued_at', models.DateTimeField()),

@@ -34,6 +34,12 @@ class ClaimedExecution(models.Model):
         )
 
     @classmethod
+    def hold(cls, claim_id, *, using):
+        """Lock a claim until the current transaction ends: an exactly_once run holds its
+        claim, so nobody can interrupt it while it may still commit. False if it is gone."""
+        return cls.objects.using(using).select_for_update().filter(pk=claim_id).exists()
+
+    @classmethod
     def finish(cls, claim_id, return_value, *, worker_id, using):
         """Record a successful run. Returns the job, or None if the claim was taken over."""
         with transaction.atomic(using=using):
@@ -72,7 +78,8 @@ class ClaimedExecution(models.Model):
     def interrupt(cls, claims, exception_class, message, *, using):
         """End attempts that started and will never finish (their process died, was pruned,
         or outran its shutdown timeout), each as its job's delivery policy says:
-        at_least_once runs again, up to max_interruptions times; anything else fails.
+        at_least_once and exactly_once (whose writes were rolled back) run again, up to
+        max_interruptions times; at_most_once fails.
 
         Returns the number of claims interrupted.
         """
@@ -82,9 +89,11 @@ class ClaimedExecution(models.Model):
             "traceback": f"{exception_path(exception_class)}: {message}\n",
         }
         with transaction.atomic(using=using):
+            # A claim locked by a live exactly_once run is skipped: whoever holds it is
+            # alive, and if it dies the database rolls back and the claim is orphaned.
             locked = list(
                 claims.using(using)
-                .select_for_update(of=("self", "job"))
+                .select_for_update(skip_locked=True, of=("self", "job"))
                 .select_related("job")
                 .order_by("pk")
             )
@@ -100,7 +109,7 @@ class ClaimedExecution(models.Model):
                 )
                 claim.delete(using=using)
                 if (
-                    job.delivery == Job.Delivery.AT_LEAST_ONCE
+                    job.delivery != Job.Delivery.AT_MOST_ONCE
                     and job.interruption_count <= conf.max_interruptions(job.backend)
                 ):
                     job.schedule_retry(now, 0, using=using)

@@ -92,6 +92,8 @@ class Job(models.Model):
     # Seconds before a retry, or the dotted path of a function (failures) -> seconds;
     # None: conf.exponential_backoff.
     backoff = models.JSONField(null=True, blank=True)
+    # Seconds a run may take before it is interrupted; None: no limit.
+    timeout = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField()

@@ -1,19 +1,27 @@
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
 
 from .. import db as vendor
 from ..conf import ALL_QUEUES
-from ..exceptions import ShutdownTimeoutError
-from ..models import ClaimedExecution, Process, ReadyExecution
+from ..exceptions import ExactlyOnceViolation, JobTimeoutError, ShutdownTimeoutError
+from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..models.job import describe_error, jsonable, load_task
-from .base import Role
+from .base import Role, database_retry_delay
 from .pool import Pool
 
 logger = logging.getLogger("dq")
+
+# After losing its LISTEN connection, how often a worker tries to open a new one.
+RELISTEN_INTERVAL = 5.0
+_WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE")
 
 
 def serves(selectors, queue_name):
@@ -25,6 +33,34 @@ def serves(selectors, queue_name):
     )
 
 
+def resident_memory_mib():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerTaskContext(TaskContext):
+    """The context a ``takes_context=True`` task receives from dq."""
+
+    is_stopping: Callable[[], bool] = field(default=lambda: False, repr=False)
+
+    @property
+    def stopping(self):
+        """True once the worker running this job is shutting down: a long task should
+        checkpoint and return; if it outlasts the shutdown timeout it is interrupted."""
+        return self.is_stopping()
+
+
+@dataclass
+class Run:
+    """A job running in one of the pool's threads."""
+
+    job: Job
+    deadline: float | None  # time.monotonic() past which it has outrun its timeout
+    backend_pid: int | None = None  # the database session of an exactly_once run
+    timed_out: bool = False
+
+
 class Worker(Role):
     """Claims ready jobs, at most as many as it has idle threads, and runs them."""
 
@@ -32,6 +68,7 @@ class Worker(Role):
 
     def __init__(self, config, worker_config, **kwargs):
         super().__init__(config, **kwargs)
+        self.worker_config = worker_config
         self.queues = worker_config.queues
         self.threads = worker_config.threads
         self.polling_interval = (
@@ -40,18 +77,22 @@ class Worker(Role):
         )
         self.pool = None
         self.listener = None
+        self.next_listen_at = 0.0
+        self.runs = {}  # claim id -> Run
+        self.jobs_done = 0
+        self.recycling = None  # why this worker is stopping to be replaced
 
     def metadata(self):
         return {"queues": list(self.queues), "threads": self.threads}
 
     def start(self):
         self.pool = Pool(self.threads, on_idle=self.wakeup.set)
-        self.listen()
 
     def listen(self):
         listener_class = vendor.for_alias(self.database).Listener
-        if listener_class is None:
+        if listener_class is None or time.monotonic() < self.next_listen_at:
             return
+        self.next_listen_at = time.monotonic() + RELISTEN_INTERVAL
         try:
             self.listener = listener_class(self.database)
         except Exception:
@@ -60,13 +101,23 @@ class Worker(Role):
             )
 
     def poll(self):
+        if self.listener is None:
+            self.listen()
+        self.enforce_timeouts()
         idle = self.pool.idle
-        if idle == 0:
-            return self.polling_interval  # a finishing job wakes us
-        jobs = ReadyExecution.claim(self.queues, idle, self.process, using=self.database)
+        jobs = []
+        if idle:
+            jobs = ReadyExecution.claim(self.queues, idle, self.process, using=self.database)
+        now = time.monotonic()
         for job in jobs:
+            deadline = now + job.timeout if job.timeout else None
+            self.runs[job.claim_id] = Run(job=job, deadline=deadline)
             self.pool.submit(self.perform, job)
-        return 0 if len(jobs) == idle else self.polling_interval
+        delay = 0 if idle and len(jobs) == idle else self.polling_interval
+        deadlines = [
+            run.deadline for run in self.runs.values() if run.deadline and not run.timed_out
+        ]
+        return min([delay, *(deadline - now for deadline in deadlines)])
 
     def wait(self, timeout):
         """Wait for a free thread, a signal, or a notification about a queue this worker serves."""
@@ -78,10 +129,45 @@ class Worker(Role):
                 queues = self.listener.drain()
             except Exception:
                 logger.exception("%s: lost the LISTEN connection; polling", self.name)
+                with contextlib.suppress(Exception):
+                    self.listener.close()
                 self.listener = None
                 return
             if "" in queues or any(serves(self.queues, queue) for queue in queues):
                 return
+
+    def enforce_timeouts(self):
+        """Interrupt runs that outlived their task's timeout, then recycle this worker:
+        a Python thread cannot be stopped, so the process that runs it must go."""
+        now = time.monotonic()
+        for claim_id, run in list(self.runs.items()):
+            if run.timed_out or run.deadline is None or now < run.deadline:
+                continue
+            run.timed_out = True
+            if run.backend_pid is not None:
+                # Roll back the run's transaction so that its claim can be interrupted.
+                vendor.for_alias(self.database).terminate_session(self.database, run.backend_pid)
+            ClaimedExecution.interrupt(
+                ClaimedExecution.objects.filter(pk=claim_id),
+                JobTimeoutError,
+                f"ran longer than its timeout of {run.job.timeout}s on {self.name}",
+                using=self.database,
+            )
+            logger.error(
+                "%s: job %s (%s) outran its timeout of %ss",
+                self.name,
+                run.job.pk,
+                run.job.task_path,
+                run.job.timeout,
+            )
+            self.recycle(f"job {run.job.pk} outran its timeout and its thread cannot be stopped")
+
+    def recycle(self, reason):
+        """Stop gracefully so that the supervisor starts a fresh worker in this one's place."""
+        if self.recycling is None:
+            self.recycling = reason
+            logger.info("%s: recycling: %s", self.name, reason)
+            self.stop("graceful")
 
     def perform(self, job):
         """Run one claimed job in a pool thread and record how it ended."""
@@ -90,9 +176,19 @@ class Worker(Role):
         except Exception:
             logger.exception("%s: could not record the end of job %s", self.name, job.pk)
         finally:
+            self.runs.pop(job.claim_id, None)
             connection = connections[self.database]
             if connection.errors_occurred and not connection.is_usable():
                 connection.close()
+            self.jobs_done += 1
+            self.check_recycling()
+
+    def check_recycling(self):
+        limit_jobs, limit_memory = self.worker_config.max_jobs, self.worker_config.max_memory
+        if limit_jobs and self.jobs_done >= limit_jobs:
+            self.recycle(f"ran {self.jobs_done} jobs (max_jobs {limit_jobs})")
+        elif limit_memory and (memory := resident_memory_mib()) > limit_memory:
+            self.recycle(f"uses {memory:.0f} MiB (max_memory {limit_memory})")
 
     def _perform(self, job):
         task = backend = None
@@ -103,17 +199,16 @@ class Worker(Role):
             backend = task_backends[job.backend]
             result = backend.to_result(job, task, running_worker_id=self.name)
             task_started.send(type(backend), task_result=result)
-            if task.takes_context:
-                value = task.call(TaskContext(task_result=result), *job.args, **job.kwargs)
+            if job.delivery == Job.Delivery.EXACTLY_ONCE:
+                ended = self.run_exactly_once(job, task, result)
             else:
-                value = task.call(*job.args, **job.kwargs)
-            value = jsonable(value, f"The return value of {job.task_path}")
+                value = self.call(job, task, result)
+                ended = self.record_end(
+                    ClaimedExecution.finish, job.claim_id, value, worker_id=self.name
+                )
         except BaseException as error:  # a task's SystemExit must not stop the worker
-            ended = ClaimedExecution.fail(
-                job.claim_id,
-                describe_error(error),
-                worker_id=self.name,
-                using=self.database,
+            ended = self.record_end(
+                ClaimedExecution.fail, job.claim_id, describe_error(error), worker_id=self.name
             )
             if ended is not None and ended.status != ended.Status.FAILED:
                 logger.warning(
@@ -126,10 +221,6 @@ class Worker(Role):
                     ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
                 )
                 return
-        else:
-            ended = ClaimedExecution.finish(
-                job.claim_id, value, worker_id=self.name, using=self.database
-            )
         if ended is None:
             logger.warning(
                 "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
@@ -142,28 +233,102 @@ class Worker(Role):
         else:
             logger.error("%s: job %s failed: %s", self.name, job.pk, ended.errors[-1]["message"])
 
+    def call(self, job, task, result):
+        if task.takes_context:
+            context = WorkerTaskContext(
+                task_result=result, is_stopping=lambda: self.stopping is not None
+            )
+            value = task.call(context, *job.args, **job.kwargs)
+        else:
+            value = task.call(*job.args, **job.kwargs)
+        return jsonable(value, f"The return value of {job.task_path}")
+
+    def run_exactly_once(self, job, task, result):
+        """Run the task and record its success in one transaction: a crash, an error or an
+        interruption rolls back both, and the job runs again."""
+        with transaction.atomic(using=self.database):
+            if not ClaimedExecution.hold(job.claim_id, using=self.database):
+                return None
+            run = self.runs.get(job.claim_id)
+            if run is not None:
+                run.backend_pid = vendor.for_alias(self.database).session_id(self.database)
+            with writes_confined_to(self.database):
+                value = self.call(job, task, result)
+            return ClaimedExecution.finish(
+                job.claim_id, value, worker_id=self.name, using=self.database
+            )
+
+    def record_end(self, transition, *args, **kwargs):
+        """Record how a job ended, retrying on database errors: a job must never stay
+        claimed by a live worker that is no longer running it."""
+        failures = 0
+        while True:
+            try:
+                return transition(*args, using=self.database, **kwargs)
+            except DatabaseError:
+                failures += 1
+                if self.stopping == "immediate":
+                    raise
+                delay = database_retry_delay(failures)
+                logger.exception(
+                    "%s: cannot record a job's end; retrying in %.1fs", self.name, delay
+                )
+                connections[self.database].close()
+                time.sleep(delay)  # backoff between retries, in this job's own thread
+
     def shut_down(self):
         if self.pool is None:
             return super().shut_down()
         self.pool.shutdown()
         if self.stopping == "graceful":
             deadline = time.monotonic() + self.config.shutdown_timeout
-            while self.pool.busy and self.stopping == "graceful":
+            while self.running_count() and self.stopping == "graceful":
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self.wakeup.wait(left)
         if self.listener is not None:
-            self.listener.close()
-        busy = self.pool.busy
-        if busy:
+            with contextlib.suppress(Exception):
+                self.listener.close()
+        running = self.running_count()
+        if running:
             logger.warning(
-                "%s: %s job(s) still running at shutdown are interrupted", self.name, busy
+                "%s: %s job(s) still running at shutdown are interrupted", self.name, running
             )
-        if self.stopping == "graceful" and busy:
+        if self.stopping == "graceful" and running:
             return (
                 ShutdownTimeoutError,
                 f"still running when {self.name}'s shutdown timeout of "
                 f"{self.config.shutdown_timeout}s ran out",
             )
         return super().shut_down()
+
+    def running_count(self):
+        """Jobs still running whose end matters (a timed-out run was already interrupted)."""
+        return sum(not run.timed_out for run in list(self.runs.values()))
+
+
+@contextlib.contextmanager
+def writes_confined_to(alias):
+    """Refuse, in this thread, writes to any database but ``alias``: they would not be
+    part of the transaction that makes an exactly_once run exactly once."""
+    with contextlib.ExitStack() as stack:
+        for other in connections:
+            if other != alias:
+                stack.enter_context(
+                    connections[other].execute_wrapper(_refuse_writes(other, alias))
+                )
+        yield
+
+
+def _refuse_writes(other, alias):
+    def refuse(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith(_WRITES):
+            raise ExactlyOnceViolation(
+                f"An exactly_once task wrote to database {other!r}; only its writes to "
+                f"{alias!r} commit together with the job. Move the write, or use "
+                "delivery='at_least_once' for this task."
+            )
+        return execute(sql, params, many, context)
+
+    return refuse
