@@ -4,6 +4,7 @@ import environ
 
 BASE = Path(__file__).resolve().parent.parent
 env = environ.Env()
+(BASE / ".test-db").mkdir(exist_ok=True)  # SQLite files, also for the forked processes
 
 SECRET_KEY = "dq-tests"
 USE_TZ = True
