@@ -12,8 +12,8 @@ from django.test import override_settings
 from dq import conf
 from dq.exceptions import ConfigurationError
 
-# run_checks() runs the model checks too, which query SQLite for its JSON support.
-pytestmark = pytest.mark.django_db
+# run_checks() runs the model checks too, which query each SQLite database for JSON support.
+pytestmark = pytest.mark.django_db(databases="__all__")
 
 DQ = "dq.backend.DQBackend"
 
