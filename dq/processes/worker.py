@@ -144,15 +144,6 @@ class Worker(Role):
             if run.timed_out or run.deadline is None or now < run.deadline:
                 continue
             run.timed_out = True
-            if run.backend_pid is not None:
-                # Roll back the run's transaction so that its claim can be interrupted.
-                vendor.for_alias(self.database).terminate_session(self.database, run.backend_pid)
-            ClaimedExecution.interrupt(
-                ClaimedExecution.objects.filter(pk=claim_id),
-                JobTimeoutError,
-                f"ran longer than its timeout of {run.job.timeout}s on {self.name}",
-                using=self.database,
-            )
             logger.error(
                 "%s: job %s (%s) outran its timeout of %ss",
                 self.name,
@@ -161,6 +152,21 @@ class Worker(Role):
                 run.job.timeout,
             )
             self.recycle(f"job {run.job.pk} outran its timeout and its thread cannot be stopped")
+            try:
+                if run.backend_pid is not None:
+                    # Roll back the run's transaction so that its claim can be interrupted.
+                    vendor.for_alias(self.database).terminate_session(
+                        self.database, run.backend_pid
+                    )
+                ClaimedExecution.interrupt(
+                    ClaimedExecution.objects.filter(pk=claim_id),
+                    JobTimeoutError,
+                    f"ran longer than its timeout of {run.job.timeout}s on {self.name}",
+                    using=self.database,
+                )
+            except DatabaseError:
+                # Its claim is recovered as orphaned once this process has exited.
+                logger.exception("%s: cannot interrupt job %s now", self.name, run.job.pk)
 
     def recycle(self, reason):
         """Stop gracefully so that the supervisor starts a fresh worker in this one's place."""
