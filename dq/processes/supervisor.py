@@ -147,6 +147,8 @@ class Supervisor:
                 process.deregister(
                     ProcessExitError, f"{process.name}: {message}", using=self.database
                 )
+            # Claims its exactly_once runs held locked were skipped; they are orphans now.
+            Process.recover_orphaned_claims(using=self.database)
         except DatabaseError:
             logger.exception("%s: cannot recover pid %s's jobs yet", self.process.name, pid)
             connections[self.database].close()
