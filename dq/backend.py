@@ -1,5 +1,8 @@
 """The django.tasks backend: validate, store as a Job, and read a Job back as a TaskResult."""
 
+import hashlib
+import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -12,7 +15,10 @@ from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
 
 from . import checks
-from .conf import exponential_backoff  # noqa: F401 - part of the public surface
+from .conf import (
+    DEFAULT_CONCURRENCY_DURATION,
+    exponential_backoff,  # noqa: F401 - part of the public surface
+)
 from .models import ClaimedExecution, Job
 from .models.job import jsonable, load_task
 
@@ -27,10 +33,22 @@ class DQTask(Task):
     delivery: str = Job.Delivery.AT_LEAST_ONCE
     # Seconds a run may take before it is interrupted (then handled as its delivery says).
     timeout: float | None = None
+    # At most concurrency_limit jobs with the same key ready or running at once; the key is
+    # a template over the task's arguments ("account-{account_id}") or a callable taking
+    # them. A slot held longer than concurrency_duration seconds is recounted.
+    concurrency_key: str | Callable[..., str] | None = None
+    concurrency_limit: int = 1
+    concurrency_duration: float = DEFAULT_CONCURRENCY_DURATION
+    on_conflict: str = Job.OnConflict.BLOCK
+    # One unfinished job per task and arguments (unique=True), or per unique_key (a template
+    # or callable like concurrency_key); unique_for keeps the key that long after it ended.
+    unique: bool = False
+    unique_key: str | Callable[..., str] | None = None
+    unique_for: float | None = None
 
     def using(self, *, priority=None, queue_name=None, run_after=None, backend=None, **options):
         """A copy with other defaults; takes dq's options as well as Django's."""
-        unknown = set(options) - {"max_attempts", "backoff", "delivery", "timeout"}
+        unknown = set(options) - DQ_OPTIONS
         if unknown:
             raise TypeError(f"Unknown task option(s): {', '.join(sorted(unknown))}.")
         changed = Task.using(
@@ -41,6 +59,55 @@ class DQTask(Task):
     def enqueue_many(self, calls):
         """Enqueue one job per ``(args, kwargs)`` pair in a few statements; returns the results."""
         return self.get_backend().enqueue_many(self, calls)
+
+
+DQ_OPTIONS = {
+    "max_attempts",
+    "backoff",
+    "delivery",
+    "timeout",
+    "concurrency_key",
+    "concurrency_limit",
+    "concurrency_duration",
+    "on_conflict",
+    "unique",
+    "unique_key",
+    "unique_for",
+}
+
+
+def render_key(template, task, args, kwargs):
+    """A concurrency or unique key: ``template`` formatted with the task's arguments by
+    name, or called with them."""
+    if callable(template):
+        key = template(*args, **kwargs)
+    else:
+        leading = ("context",) if task.takes_context else ()
+        try:
+            bound = inspect.signature(task.func).bind(*leading, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"Arguments of {task.module_path} do not fit it: {error}") from None
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k != "context"}
+        try:
+            key = template.format(**arguments)
+        except (KeyError, IndexError, AttributeError) as error:
+            raise InvalidTask(
+                f"Key template {template!r} of {task.module_path} names {error}, which is "
+                f"not one of its arguments ({', '.join(arguments)})."
+            ) from None
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise InvalidTask(f"A key of {task.module_path} must be a string of 1 to 200 characters.")
+    return key
+
+
+def unique_key_of(task, args, kwargs):
+    if getattr(task, "unique_key", None) is not None:
+        return f"{task.module_path}:{render_key(task.unique_key, task, args, kwargs)}"
+    if getattr(task, "unique", False):
+        canonical = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
+        return f"{task.module_path}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return None
 
 
 class DQBackend(BaseTaskBackend):
@@ -79,11 +146,35 @@ class DQBackend(BaseTaskBackend):
                 "delivery must be 'at_least_once', 'at_most_once' or 'exactly_once', "
                 f"not {delivery!r}."
             )
+        self.validate_flow_control(task)
         timeout = getattr(task, "timeout", None)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
             raise InvalidTask(f"timeout must be a number of seconds > 0, not {timeout!r}.")
+
+    def validate_flow_control(self, task):
+        key = getattr(task, "concurrency_key", None)
+        if key is not None and not ((isinstance(key, str) and key) or callable(key)):
+            raise InvalidTask("concurrency_key must be a non-empty template string or a callable.")
+        for name in ("concurrency_limit",):
+            value = getattr(task, name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidTask(f"{name} must be a whole number >= 1, not {value!r}.")
+        for name in ("concurrency_duration", "unique_for"):
+            value = getattr(task, name, None)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise InvalidTask(f"{name} must be a number of seconds > 0, not {value!r}.")
+        on_conflict = getattr(task, "on_conflict", Job.OnConflict.BLOCK)
+        if on_conflict not in Job.OnConflict.values:
+            raise InvalidTask(f"on_conflict must be 'block' or 'discard', not {on_conflict!r}.")
+        unique_key = getattr(task, "unique_key", None)
+        if unique_key is not None and not (
+            (isinstance(unique_key, str) and unique_key) or callable(unique_key)
+        ):
+            raise InvalidTask("unique_key must be a non-empty template string or a callable.")
 
     def enqueue(self, task, args, kwargs):
         [result] = self.enqueue_many(task, [(args, kwargs)])
@@ -92,30 +183,50 @@ class DQBackend(BaseTaskBackend):
     def enqueue_many(self, task, calls):
         """Enqueue one job per ``(args, kwargs)`` pair, in one transaction."""
         self.validate_task(task)
-        where = f"Arguments of {task.module_path}"
-        jobs = [
-            Job(
-                task_path=task.module_path,
-                queue_name=task.queue_name,
-                priority=task.priority,
-                args=jsonable(list(args), where),
-                kwargs=jsonable(dict(kwargs), where),
-                backend=self.alias,
-                delivery=getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE),
-                max_attempts=getattr(task, "max_attempts", 1),
-                backoff=backoff_of(task),
-                timeout=getattr(task, "timeout", None),
-                scheduled_at=task.run_after,
-            )
-            for args, kwargs in calls
-        ]
+        jobs = [self.new_job(task, args, kwargs) for args, kwargs in calls]
         if not jobs:
             return []
-        Job.enqueue(jobs, using=self.database)
+        jobs = Job.enqueue(jobs, using=self.database)
         results = [self.to_result(job, task) for job in jobs]
-        for result in results:
-            task_enqueued.send(type(self), task_result=result)
+        for job, result in zip(jobs, results, strict=True):
+            if not getattr(job, "duplicate", False):
+                task_enqueued.send(type(self), task_result=result)
         return results
+
+    def new_job(self, task, args, kwargs):
+        where = f"Arguments of {task.module_path}"
+        args, kwargs = jsonable(list(args), where), jsonable(dict(kwargs), where)
+        concurrency_key = getattr(task, "concurrency_key", None)
+        return Job(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            delivery=getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE),
+            max_attempts=getattr(task, "max_attempts", 1),
+            backoff=backoff_of(task),
+            timeout=getattr(task, "timeout", None),
+            scheduled_at=task.run_after,
+            concurrency_key=render_key(concurrency_key, task, args, kwargs)
+            if concurrency_key is not None
+            else "",
+            concurrency_limit=task.concurrency_limit if concurrency_key is not None else None,
+            concurrency_duration=task.concurrency_duration if concurrency_key is not None else None,
+            on_conflict=getattr(task, "on_conflict", Job.OnConflict.BLOCK),
+            unique_key=unique_key_of(task, args, kwargs),
+            unique_for=getattr(task, "unique_for", None),
+        )
+
+    def cancel(self, result_id):
+        """Cancel a job that has not started, or ask a running one to stop; returns its
+        TaskResult. TransitionNotAllowed once it has finished."""
+        try:
+            Job.cancel(int(result_id), using=self.database)
+        except (Job.DoesNotExist, TypeError, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        return self.get_result(result_id)
 
     def get_result(self, result_id):
         try:
@@ -185,4 +296,6 @@ STATUS_OF_JOB = {
     Job.Status.RUNNING: TaskResultStatus.RUNNING,
     Job.Status.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
     Job.Status.FAILED: TaskResultStatus.FAILED,
+    Job.Status.BLOCKED: TaskResultStatus.READY,
+    Job.Status.CANCELLED: TaskResultStatus.FAILED,
 }

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning
 
 from . import conf
+from .models.job import load_task
 
 
 def check_backend(backend):
@@ -19,6 +20,11 @@ def check_backend(backend):
                 id="dq.E005",
             )
         )
+    for key, entry in config.recurring.items():
+        try:
+            load_task(entry.task)
+        except ImportError as error:
+            messages.append(Error(f"recurring[{key!r}]: {error}", obj=where, id="dq.E007"))
     if not problems:
         database = settings.DATABASES[config.database]
         mode = database.get("OPTIONS", {}).get("transaction_mode") or ""

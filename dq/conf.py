@@ -5,6 +5,7 @@ asked for, so ``override_settings`` just works.
 """
 
 import random
+import zoneinfo
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
@@ -21,6 +22,9 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_ALIVE_THRESHOLD = 30.0
 DEFAULT_MAINTENANCE_INTERVAL = 10.0
 DEFAULT_MAX_INTERRUPTIONS = 3
+DEFAULT_CONCURRENCY_DURATION = 15 * 60.0
+DEFAULT_KEEP_FINISHED = 24 * 3600.0
+DEFAULT_PRUNE_BATCH_SIZE = 1000
 
 ALL_QUEUES = "*"
 
@@ -69,6 +73,13 @@ class Configuration:
     alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
     maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL
     max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS
+    # Finished (successful or cancelled) jobs are deleted this long after they ended;
+    # failed ones too if keep_failed is a number. None: kept.
+    keep_finished: float | None = DEFAULT_KEEP_FINISHED
+    keep_failed: float | None = None
+    # Recurring tasks: key -> RecurringConfig; the scheduler runs if there are any.
+    recurring: dict = field(default_factory=dict)
+    scheduler: bool = True
 
     def with_worker_overrides(self, *, queues=None, threads=None, processes=None):
         """One worker group built from the first, with command-line overrides applied."""
@@ -82,6 +93,18 @@ class Configuration:
         if problems:
             raise ConfigurationError("; ".join(p.message for p in problems))
         return replace(self, workers=(worker,))
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringConfig:
+    task: str
+    schedule: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    queue_name: str | None = None
+    priority: int | None = None
+    description: str = ""
+    timezone: str | None = None  # None: settings.TIME_ZONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,20 @@ _TOP_LEVEL_KEYS = {
     "alive_threshold",
     "maintenance_interval",
     "max_interruptions",
+    "keep_finished",
+    "keep_failed",
+    "recurring",
+    "scheduler",
+}
+_RECURRING_KEYS = {
+    "task",
+    "schedule",
+    "args",
+    "kwargs",
+    "queue_name",
+    "priority",
+    "description",
+    "timezone",
 }
 _WORKER_KEYS = {"queues", "threads", "processes", "polling_interval", "max_jobs", "max_memory"}
 _DISPATCHER_KEYS = {"processes", "batch_size", "polling_interval"}
@@ -172,6 +209,14 @@ def parse(alias, options):
         _check_positive(
             numbers[key], key, problems, integer=integer, zero=key == "max_interruptions"
         )
+    for key, default in (("keep_finished", DEFAULT_KEEP_FINISHED), ("keep_failed", None)):
+        numbers[key] = options.get(key, default)
+        if numbers[key] is not None:
+            _check_positive(numbers[key], key, problems)
+    recurring = _parse_recurring(options.get("recurring", {}), problems)
+    scheduler = options.get("scheduler", True)
+    if not isinstance(scheduler, bool):
+        problems.append(Problem("dq.E002", f"scheduler must be True or False, not {scheduler!r}."))
     if not problems and numbers["alive_threshold"] <= numbers["heartbeat_interval"]:
         problems.append(
             Problem(
@@ -188,6 +233,8 @@ def parse(alias, options):
             database=database,
             workers=workers,
             dispatcher=dispatcher,
+            recurring=recurring,
+            scheduler=scheduler,
             **numbers,
         ),
         problems,
@@ -217,6 +264,44 @@ def _parse_workers(value, problems):
             _check_worker(worker, f"workers[{index}]", problems)
             workers.append(worker)
     return tuple(workers)
+
+
+def _parse_recurring(value, problems):
+    from croniter import croniter
+
+    if not isinstance(value, dict):
+        problems.append(Problem("dq.E002", "OPTIONS['recurring'] must be a dict of key -> task."))
+        return {}
+    recurring = {}
+    for key, section in value.items():
+        where = f"recurring[{key!r}]"
+        if not isinstance(section, dict) or not {"task", "schedule"} <= set(section):
+            problems.append(
+                Problem("dq.E006", f"{where} must be a dict with 'task' and 'schedule'.")
+            )
+            continue
+        entry = _parse_section(section, RecurringConfig, _RECURRING_KEYS, where, problems)
+        if entry is None:
+            continue
+        if not isinstance(entry.schedule, str) or not croniter.is_valid(entry.schedule):
+            problems.append(
+                Problem(
+                    "dq.E006",
+                    f"{where}: schedule {entry.schedule!r} is not a valid cron expression "
+                    "(five fields, e.g. '0 3 * * *').",
+                )
+            )
+        if not isinstance(entry.args, list) or not isinstance(entry.kwargs, dict):
+            problems.append(Problem("dq.E002", f"{where}: args must be a list, kwargs a dict."))
+        if entry.timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(entry.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+                problems.append(
+                    Problem("dq.E006", f"{where}: unknown timezone {entry.timezone!r}.")
+                )
+        recurring[key] = entry
+    return recurring
 
 
 def _check_worker(worker, where, problems):

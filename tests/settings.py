@@ -26,7 +26,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # A file, never in memory: tests fork processes that must see the same database.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE / ".test-db" / "test-dq.sqlite3")}
+    name = Path(DATABASES["default"]["NAME"])
+    DATABASES["default"]["TEST"] = {"NAME": str(name.with_name(f"test-{name.name}"))}
 
 # A second database, for what dq must refuse to mix with its own (exactly_once writes).
 DATABASES["other"] = {

@@ -317,11 +317,7 @@ def test_children_of_a_killed_supervisor_stop_and_nothing_is_lost(dq_work, relea
     result = block.enqueue("a", release.path)
     # Two threads, so the worker has an idle one; a slow poll, so a job enqueued after the
     # supervisor's death could only be taken by a worker that failed to notice the death.
-    options = fast(
-        shutdown_timeout=1,
-        alive_threshold=2,
-        workers=[{"threads": 2, "polling_interval": 2}],
-    )
+    options = fast(shutdown_timeout=1, workers=[{"threads": 2, "polling_interval": 2}])
     old = dq_work(options=options)
     old_supervisor, [worker], dispatcher = started(old)
     strays += [worker.pid, dispatcher.pid]
@@ -337,7 +333,7 @@ def test_children_of_a_killed_supervisor_stop_and_nothing_is_lost(dq_work, relea
     assert job_of(later).status == Job.Status.READY
     assert job_of(later).attempt_count == 0, "never claimed"
 
-    new = dq_work(options=fast(alive_threshold=2))
+    new = dq_work(options=fast())
     new_supervisor, [new_worker], _ = started(new)
     release.set()
     wait_for_status(result, Job.Status.SUCCESSFUL)
@@ -360,7 +356,7 @@ def test_jobs_of_a_host_killed_outright_are_recovered_by_pruning(dq_work, releas
     """kill -9 of every process at once (the host vanished): another supervisor finds the
     dead processes by their heartbeat age and the job runs again."""
     result = block.enqueue("a", release.path)
-    old = dq_work(options=fast(alive_threshold=2))
+    old = dq_work(options=fast())
     old_supervisor, [worker], dispatcher = started(old)
     assert wait_for_runs("a:started", 1) == [worker.pid]
 
@@ -374,7 +370,7 @@ def test_jobs_of_a_host_killed_outright_are_recovered_by_pruning(dq_work, releas
     assert job_of(result).status == Job.Status.RUNNING
 
     release.set()
-    new = dq_work(options=fast(alive_threshold=2))
+    new = dq_work(options=fast())
     job = wait_for_status(result, Job.Status.SUCCESSFUL)
 
     new_supervisor, [new_worker], _ = started(new)

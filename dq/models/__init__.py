@@ -1,17 +1,24 @@
+from .blocked import BlockedExecution
 from .claimed import ClaimedExecution
 from .failed import FailedExecution
 from .job import Job
 from .pause import Pause
 from .process import Process
 from .ready import ReadyExecution
+from .recurring import RecurringExecution, RecurringTask
 from .scheduled import ScheduledExecution
+from .semaphore import Semaphore
 
 __all__ = [
+    "BlockedExecution",
     "ClaimedExecution",
     "FailedExecution",
     "Job",
     "Pause",
     "Process",
     "ReadyExecution",
+    "RecurringExecution",
+    "RecurringTask",
     "ScheduledExecution",
+    "Semaphore",
 ]

@@ -39,6 +39,8 @@ class ClaimedExecution(models.Model):
         claim, so nobody can interrupt it while it may still commit. False if it is gone."""
         return cls.objects.using(using).select_for_update().filter(pk=claim_id).exists()
 
+    # Whoever deletes a claim releases its job's concurrency slot, in the same transaction.
+
     @classmethod
     def finish(cls, claim_id, return_value, *, worker_id, using):
         """Record a successful run. Returns the job, or None if the claim was taken over."""
@@ -49,10 +51,13 @@ class ClaimedExecution(models.Model):
             job, now = claim.job, timezone.now()
             job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
             job.status, job.finished_at, job.return_value = Job.Status.SUCCESSFUL, now, return_value
+            job.end_uniqueness()
             job.save(
-                using=using, update_fields=["status", "finished_at", "return_value", "attempts"]
+                using=using,
+                update_fields=["status", "finished_at", "return_value", "attempts", "unique_key"],
             )
             claim.delete(using=using)
+            job.release_slot(using=using)
         return job
 
     @classmethod
@@ -68,6 +73,7 @@ class ClaimedExecution(models.Model):
                 worker_id=worker_id, started_at=claim.claimed_at, finished_at=now, error=error
             )
             claim.delete(using=using)
+            job.release_slot(using=using)
             if job.failure_count < job.max_attempts:
                 job.schedule_retry(now, job.retry_delay(), using=using)
             else:
@@ -108,6 +114,7 @@ class ClaimedExecution(models.Model):
                     error=error,
                 )
                 claim.delete(using=using)
+                job.release_slot(using=using)
                 if (
                     job.delivery != Job.Delivery.AT_MOST_ONCE
                     and job.interruption_count <= conf.max_interruptions(job.backend)

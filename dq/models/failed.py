@@ -1,6 +1,7 @@
 from django.db import models, transaction
+from django.db.models import F
 
-from .job import Job
+from .job import Job, pk_batches
 
 
 class FailedExecution(models.Model):
@@ -32,3 +33,40 @@ class FailedExecution(models.Model):
             job.save(using=using, update_fields=["max_attempts", "finished_at", "status"])
             Job.place([job], using=using)
         return True
+
+    @classmethod
+    def retry_batches(cls, queryset, *, batch_size=500, using):
+        """Retry the failed executions of ``queryset`` as ``retry`` does, ``batch_size`` at a
+        time in primary-key order, one transaction per batch.
+
+        Yields the jobs retried (task path, queue and priority loaded) after each batch commits.
+        """
+        for batch in pk_batches(queryset.using(using), batch_size):
+            with transaction.atomic(using=using):
+                job_ids = list(
+                    cls.objects.using(using)
+                    .select_for_update()
+                    .filter(pk__in=batch)
+                    .values_list("job_id", flat=True)
+                )
+                cls.objects.using(using).filter(job_id__in=job_ids).delete()
+                Job.objects.using(using).filter(pk__in=job_ids).update(
+                    max_attempts=F("attempt_count") - F("interruption_count") + 1,
+                    finished_at=None,
+                    status=Job.Status.READY,
+                )
+                jobs = list(
+                    Job.objects.using(using)
+                    .filter(pk__in=job_ids)
+                    .only("task_path", "queue_name", "priority", "status")
+                )
+                Job.place(jobs, using=using)
+            if jobs:
+                yield jobs
+
+    @classmethod
+    def retry_all(cls, queryset, *, batch_size=500, using):
+        """Retry every failed execution of ``queryset``; returns how many jobs were retried."""
+        return sum(
+            len(jobs) for jobs in cls.retry_batches(queryset, batch_size=batch_size, using=using)
+        )

@@ -3,7 +3,7 @@ import logging
 from datetime import timedelta
 from traceback import format_exception
 
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.tasks import Task
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -66,20 +66,38 @@ def describe_error(exception):
     }
 
 
+def pk_batches(queryset, batch_size):
+    """The primary keys of ``queryset`` in ascending lists of at most ``batch_size``, each read
+    by one query that starts after the previous batch: never all in memory at once."""
+    keys = queryset.order_by("pk").values_list("pk", flat=True)
+    batch = list(keys[:batch_size])
+    while batch:
+        yield batch
+        if len(batch) < batch_size:
+            return
+        batch = list(keys.filter(pk__gt=batch[-1])[:batch_size])
+
+
 class Job(models.Model):
     """One enqueued task call, kept for its whole life; its state is its one execution row."""
 
     class Status(models.TextChoices):
         READY = "ready"
         SCHEDULED = "scheduled"
+        BLOCKED = "blocked"
         RUNNING = "running"
         SUCCESSFUL = "successful"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     class Delivery(models.TextChoices):
         AT_LEAST_ONCE = "at_least_once"
         AT_MOST_ONCE = "at_most_once"
         EXACTLY_ONCE = "exactly_once"
+
+    class OnConflict(models.TextChoices):
+        BLOCK = "block"
+        DISCARD = "discard"
 
     task_path = models.CharField(max_length=255)
     queue_name = models.CharField(max_length=100)
@@ -106,10 +124,38 @@ class Job(models.Model):
     # One entry per ended attempt: worker_id, started_at, finished_at, error (or None).
     attempts = models.JSONField(default=list)
     return_value = models.JSONField(null=True, blank=True)
+    # Concurrency limit: at most concurrency_limit jobs of one key ready or running at once.
+    concurrency_key = models.CharField(max_length=255, default="", blank=True)
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    concurrency_duration = models.FloatField(null=True, blank=True)
+    on_conflict = models.CharField(
+        max_length=10, choices=OnConflict, default=OnConflict.BLOCK, blank=True
+    )
+    # Uniqueness: set while the job has not finished (and unique_for seconds after).
+    unique_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    unique_for = models.FloatField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "dq_job"
-        indexes = [models.Index(fields=["status", "queue_name"], name="dq_job_status_queue")]
+        indexes = [
+            models.Index(fields=["status", "queue_name"], name="dq_job_status_queue"),
+            # The admin's job list: newest first within a state or a task (a queue's jobs are
+            # found through dq_job_status_queue).
+            models.Index(fields=["status", "-id"], name="dq_job_status_newest"),
+            models.Index(fields=["task_path", "-id"], name="dq_job_task_newest"),
+            models.Index(
+                fields=["-id"], condition=models.Q(attempt_count__gt=1), name="dq_job_retried"
+            ),
+            # Jobs ended per minute (the admin's activity chart).
+            models.Index(fields=["finished_at"], name="dq_job_finished_at"),
+        ]
+        permissions = [
+            ("retry_job", "Can retry failed jobs"),
+            ("discard_job", "Can discard jobs that are not running"),
+            ("run_job_now", "Can run scheduled jobs now"),
+            ("pause_queue", "Can pause and resume queues"),
+        ]
 
     def __str__(self):
         return f"{self.task_path} #{self.pk}"
@@ -166,6 +212,7 @@ class Job(models.Model):
         from .failed import FailedExecution
 
         self.status, self.finished_at = self.Status.FAILED, now
+        self.end_uniqueness()
         self.save(using=using, update_fields=self._progress_fields)
         FailedExecution.objects.using(using).create(
             job=self,
@@ -204,20 +251,86 @@ class Job(models.Model):
                     f"Job {job_id} changed state while being discarded; reload and try again."
                 )
             cls.objects.using(using).filter(pk=job_id).delete()
+            if job.status == cls.Status.READY:
+                job.release_slot(using=using)
 
-    def execution_model(self):
-        """The model of the execution row this job's status names, None once it succeeded."""
+    @classmethod
+    def discard_batches(cls, queryset, *, batch_size=500, using):
+        """Discard the jobs of ``queryset`` that are neither running nor finished (ready,
+        scheduled, failed), ``batch_size`` at a time in primary-key order, one transaction
+        per batch.
+
+        Yields ``(discarded, kept)`` after each batch commits: the batch's jobs (task path and
+        status loaded), split into those deleted and those kept because they were running,
+        finished, or changed state meanwhile.
+        """
+        discardable = [
+            model
+            for status, model in cls.execution_models().items()
+            if status != cls.Status.RUNNING
+        ]
+        for batch in pk_batches(queryset.using(using), batch_size):
+            with transaction.atomic(using=using):
+                # Lock the execution rows first, in the order a claim takes its locks.
+                locked = set()
+                for model in discardable:
+                    locked.update(
+                        model.objects.using(using)
+                        .select_for_update()
+                        .filter(job_id__in=batch)
+                        .values_list("job_id", flat=True)
+                    )
+                jobs = list(
+                    cls.objects.using(using)
+                    .filter(pk__in=batch)
+                    .only("task_path", "status", "concurrency_key")
+                )
+                cls.objects.using(using).filter(pk__in=locked).delete()
+                for job in jobs:
+                    if job.pk in locked and job.status == cls.Status.READY:
+                        job.release_slot(using=using)
+            yield (
+                [job for job in jobs if job.pk in locked],
+                [job for job in jobs if job.pk not in locked],
+            )
+
+    @classmethod
+    def discard_all(cls, queryset, *, batch_size=500, using):
+        """Discard every job of ``queryset`` that can be; returns (discarded, kept) counts."""
+        discarded = kept = 0
+        for gone, left in cls.discard_batches(queryset, batch_size=batch_size, using=using):
+            discarded, kept = discarded + len(gone), kept + len(left)
+        return discarded, kept
+
+    @classmethod
+    def execution_models(cls):
+        """Status -> the model of the execution row a job in that status has."""
+        from .blocked import BlockedExecution
         from .claimed import ClaimedExecution
         from .failed import FailedExecution
         from .ready import ReadyExecution
         from .scheduled import ScheduledExecution
 
         return {
-            self.Status.READY: ReadyExecution,
-            self.Status.SCHEDULED: ScheduledExecution,
-            self.Status.RUNNING: ClaimedExecution,
-            self.Status.FAILED: FailedExecution,
-        }.get(self.status)
+            cls.Status.READY: ReadyExecution,
+            cls.Status.SCHEDULED: ScheduledExecution,
+            cls.Status.RUNNING: ClaimedExecution,
+            cls.Status.FAILED: FailedExecution,
+            cls.Status.BLOCKED: BlockedExecution,
+        }
+
+    def execution_model(self):
+        """The model of the execution row this job's status names, None once it succeeded."""
+        return self.execution_models().get(self.status)
+
+    CONCURRENCY_FIELDS = (
+        "concurrency_key",
+        "concurrency_limit",
+        "concurrency_duration",
+        "on_conflict",
+        "unique_key",
+        "finished_at",
+    )
 
     _progress_fields = [
         "status",
@@ -225,14 +338,18 @@ class Job(models.Model):
         "finished_at",
         "attempts",
         "interruption_count",
+        "unique_key",
     ]
 
     @classmethod
     def enqueue(cls, jobs, *, using):
         """Insert new (unsaved) jobs and their first execution rows, in one transaction.
 
-        Jobs due now become ready, later ones scheduled. Inside an outer
-        ``atomic()`` on the same database nothing is visible before it commits.
+        Jobs due now become ready (or blocked, when their concurrency key has no free
+        slot), later ones scheduled. Inside an outer ``atomic()`` on the same database
+        nothing is visible before it commits. A unique job whose key is taken is not
+        inserted: its place in the list returned holds the existing job, marked
+        ``duplicate``.
         """
         now = timezone.now()
         for job in jobs:
@@ -240,21 +357,146 @@ class Job(models.Model):
             due = job.scheduled_at is None or job.scheduled_at <= now
             job.status = cls.Status.READY if due else cls.Status.SCHEDULED
         with transaction.atomic(using=using, savepoint=False):
+            if any(job.unique_key for job in jobs):
+                return [cls._enqueue_unique(job, now, using) for job in jobs]
+            cls.admit(jobs, using=using)
             if len(jobs) == 1:
                 jobs[0].save(using=using, force_insert=True)
             else:
                 cls.objects.using(using).bulk_create(jobs)
-            cls.place(jobs, using=using)
+            cls.place(jobs, using=using, slots_taken=True)
         return jobs
 
     @classmethod
-    def place(cls, jobs, *, using):
-        """Create the execution row each job's status names (ready or scheduled)."""
+    def _enqueue_unique(cls, job, now, using):
+        """Insert one job, or return the unfinished job that holds its unique key."""
+        status = job.status
+        for _ in range(2):
+            try:
+                with transaction.atomic(using=using):
+                    cls.admit([job], using=using)
+                    job.save(using=using, force_insert=True)
+                    cls.place([job], using=using, slots_taken=True)
+                return job
+            except IntegrityError:
+                job.pk, job._state.adding = None, True
+                job.status, job.finished_at = status, None
+                holder = cls.objects.using(using).filter(unique_key=job.unique_key).first()
+                if holder is None:
+                    continue  # it ended meanwhile
+                if not holder.uniqueness_expired(now):
+                    holder.duplicate = True
+                    return holder
+                cls.objects.using(using).filter(pk=holder.pk, unique_key=job.unique_key).update(
+                    unique_key=None
+                )
+        raise IntegrityError(f"Could not enqueue unique job {job.unique_key!r}.")
+
+    def uniqueness_expired(self, now):
+        if self.finished_at is None:
+            return False
+        return (
+            self.unique_for is None or self.finished_at + timedelta(seconds=self.unique_for) <= now
+        )
+
+    def end_uniqueness(self):
+        """The job has ended: free its unique key now, unless it keeps it for unique_for."""
+        if self.unique_key and not self.unique_for:
+            self.unique_key = None
+
+    @classmethod
+    def admit(cls, jobs, *, using):
+        """Give each ready job with a concurrency key a slot, or else block it (or cancel
+        it, if its task says so). Returns the jobs whose status changed."""
+        from .semaphore import Semaphore
+
+        changed = []
+        for job in jobs:
+            if job.status != cls.Status.READY or not job.concurrency_key:
+                continue
+            if Semaphore.acquire(
+                job.concurrency_key, job.concurrency_limit, job.concurrency_duration, using=using
+            ):
+                continue
+            if job.on_conflict == cls.OnConflict.DISCARD:
+                job.status, job.finished_at = cls.Status.CANCELLED, timezone.now()
+                job.end_uniqueness()
+            else:
+                job.status = cls.Status.BLOCKED
+            changed.append(job)
+        return changed
+
+    def release_slot(self, *, using):
+        """Give back the concurrency slot a ready or running job held."""
+        from .semaphore import Semaphore
+
+        if self.concurrency_key:
+            Semaphore.release(self.concurrency_key, using=using)
+
+    @classmethod
+    def cancel(cls, job_id, *, using):
+        """Cancel a job: one that has not started ends as cancelled; a running one is asked
+        to stop (its task sees ``context.cancel_requested``). Returns the job's status
+        afterwards; TransitionNotAllowed if it has finished."""
+        with transaction.atomic(using=using):
+            job = cls.objects.using(using).get(pk=job_id)
+            if job.status == cls.Status.RUNNING:
+                cls.objects.using(using).filter(pk=job_id).update(
+                    cancel_requested_at=timezone.now()
+                )
+                return job.status
+            execution = job.execution_model()
+            if execution is None or job.status == cls.Status.FAILED:
+                raise TransitionNotAllowed(f"Job {job_id} has finished; it cannot be cancelled.")
+            # Delete the execution row first: a claim that took it meanwhile wins.
+            if not execution.objects.using(using).filter(job_id=job_id).delete()[0]:
+                raise TransitionNotAllowed(
+                    f"Job {job_id} changed state while being cancelled; reload and try again."
+                )
+            was_ready = job.status == cls.Status.READY
+            job.status, job.finished_at = cls.Status.CANCELLED, timezone.now()
+            job.end_uniqueness()
+            job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
+            if was_ready:
+                job.release_slot(using=using)
+        return job.status
+
+    @classmethod
+    def prune(cls, *, finished_before, statuses, batch_size, using):
+        """Delete jobs in ``statuses`` that finished before ``finished_before``, a batch per
+        transaction so that no lock is held long. Returns how many."""
+        pruned = 0
+        while True:
+            batch = list(
+                cls.objects.using(using)
+                .filter(status__in=statuses, finished_at__lt=finished_before)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not batch:
+                return pruned
+            with transaction.atomic(using=using):
+                pruned += (
+                    cls.objects.using(using)
+                    .filter(pk__in=batch, status__in=statuses)
+                    .delete()[1]
+                    .get(cls._meta.label, 0)
+                )
+
+    @classmethod
+    def place(cls, jobs, *, using, slots_taken=False):
+        """Create the execution row each job's status names (ready, scheduled or blocked);
+        ready jobs with a concurrency key take a slot first unless ``slots_taken``."""
+        from .blocked import BlockedExecution
         from .ready import ReadyExecution
         from .scheduled import ScheduledExecution
 
+        if not slots_taken:
+            for job in cls.admit(jobs, using=using):
+                job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
         ready = [job for job in jobs if job.status == cls.Status.READY]
         scheduled = [job for job in jobs if job.status == cls.Status.SCHEDULED]
+        blocked = [job for job in jobs if job.status == cls.Status.BLOCKED]
         if ready:
             ReadyExecution.objects.using(using).bulk_create(
                 ReadyExecution(job=job, queue_name=job.queue_name, priority=job.priority)
@@ -270,4 +512,14 @@ class Job(models.Model):
                     scheduled_at=job.scheduled_at,
                 )
                 for job in scheduled
+            )
+        if blocked:
+            BlockedExecution.objects.using(using).bulk_create(
+                BlockedExecution(
+                    job=job,
+                    queue_name=job.queue_name,
+                    priority=job.priority,
+                    concurrency_key=job.concurrency_key,
+                )
+                for job in blocked
             )

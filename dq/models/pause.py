@@ -17,10 +17,21 @@ class Pause(models.Model):
 
     @classmethod
     def pause(cls, queue_name, *, using):
-        cls.objects.using(using).get_or_create(queue_name=queue_name)
+        """Pause a queue (pausing a paused queue changes nothing); returns its Pause row."""
+        return cls.objects.using(using).get_or_create(queue_name=queue_name)[0]
 
     @classmethod
     def resume(cls, queue_name, *, using):
         """Resume a paused queue; idle workers see it at their next poll."""
         cls.objects.using(using).filter(queue_name=queue_name).delete()
         vendor.notify_ready(using, {queue_name})
+
+
+class Queue(Pause):
+    """The queues overview's entry in the admin. No table of its own: a queue is a name on
+    jobs, and only a paused one has a row (its Pause)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "queue"
+        default_permissions = ()

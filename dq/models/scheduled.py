@@ -2,7 +2,7 @@ from django.db import models, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from .job import Job
+from .job import Job, pk_batches
 
 
 class ScheduledExecution(models.Model):
@@ -36,7 +36,9 @@ class ScheduledExecution(models.Model):
             job_ids = [job_id for _, job_id in due]
             cls.objects.using(using).filter(pk__in=[pk for pk, _ in due]).delete()
             jobs = list(
-                Job.objects.using(using).filter(pk__in=job_ids).only("queue_name", "priority")
+                Job.objects.using(using)
+                .filter(pk__in=job_ids)
+                .only("queue_name", "priority", *Job.CONCURRENCY_FIELDS)
             )
             Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
             for job in jobs:
@@ -57,6 +59,32 @@ class ScheduledExecution(models.Model):
             job.save(using=using, update_fields=["status"])
             Job.place([job], using=using)
         return True
+
+    @classmethod
+    def run_now_batches(cls, queryset, *, batch_size=500, using):
+        """Make the scheduled executions of ``queryset`` ready at once, ``batch_size`` at a time
+        in primary-key order, one transaction per batch.
+
+        Yields the jobs made ready (task path, queue and priority loaded) after each batch commits.
+        """
+        for batch in pk_batches(queryset.using(using), batch_size):
+            with transaction.atomic(using=using):
+                job_ids = list(
+                    cls.objects.using(using)
+                    .select_for_update()
+                    .filter(pk__in=batch)
+                    .values_list("job_id", flat=True)
+                )
+                cls.objects.using(using).filter(job_id__in=job_ids).delete()
+                Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
+                jobs = list(
+                    Job.objects.using(using)
+                    .filter(pk__in=job_ids)
+                    .only("task_path", "queue_name", "priority", "status")
+                )
+                Job.place(jobs, using=using)
+            if jobs:
+                yield jobs
 
     @classmethod
     def next_due_at(cls, *, using):

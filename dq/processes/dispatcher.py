@@ -1,18 +1,31 @@
+import time
+from datetime import timedelta
+
 from django.utils import timezone
 
-from ..models import Process, ScheduledExecution
+from ..conf import DEFAULT_PRUNE_BATCH_SIZE
+from ..models import Job, Process, ScheduledExecution, Semaphore
 from .base import Role
 
 
 class Dispatcher(Role):
-    """Moves scheduled jobs that are due (deferred, or backing off) to ready, in batches."""
+    """Moves scheduled jobs that are due (deferred, or backing off) to ready, in batches;
+    and, every maintenance interval, recounts expired concurrency slots and prunes
+    finished jobs."""
 
     kind = Process.Kind.DISPATCHER
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.next_maintenance = 0.0
 
     def metadata(self):
         return {"batch_size": self.config.dispatcher.batch_size}
 
     def poll(self):
+        if time.monotonic() >= self.next_maintenance:
+            self.maintain()
+            self.next_maintenance = time.monotonic() + self.config.maintenance_interval
         batch_size = self.config.dispatcher.batch_size
         interval = self.config.dispatcher.polling_interval
         if ScheduledExecution.dispatch_due(batch_size, using=self.database) == batch_size:
@@ -21,3 +34,18 @@ class Dispatcher(Role):
         if next_due_at is None:
             return interval
         return min(interval, max(0.0, (next_due_at - timezone.now()).total_seconds()))
+
+    def maintain(self):
+        Semaphore.reclaim_expired(using=self.database)
+        now = timezone.now()
+        for statuses, keep in (
+            ([Job.Status.SUCCESSFUL, Job.Status.CANCELLED], self.config.keep_finished),
+            ([Job.Status.FAILED], self.config.keep_failed),
+        ):
+            if keep is not None:
+                Job.prune(
+                    finished_before=now - timedelta(seconds=keep),
+                    statuses=statuses,
+                    batch_size=DEFAULT_PRUNE_BATCH_SIZE,
+                    using=self.database,
+                )

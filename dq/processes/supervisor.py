@@ -18,6 +18,7 @@ from ..exceptions import ProcessExitError
 from ..models import Process
 from .base import GRACEFUL_SIGNALS, IMMEDIATE_SIGNALS, Wakeup, database_retry_delay
 from .dispatcher import Dispatcher
+from .scheduler import Scheduler
 from .worker import Worker
 
 logger = logging.getLogger("dq")
@@ -62,6 +63,8 @@ class Supervisor:
                 )
         for _ in range(self.config.dispatcher.processes):
             children.append(Child("dispatcher", partial(Dispatcher, self.config)))
+        if self.config.recurring and self.config.scheduler:
+            children.append(Child("scheduler", partial(Scheduler, self.config)))
         return children
 
     def run(self):

@@ -43,12 +43,23 @@ class WorkerTaskContext(TaskContext):
     """The context a ``takes_context=True`` task receives from dq."""
 
     is_stopping: Callable[[], bool] = field(default=lambda: False, repr=False)
+    database: str = "default"
 
     @property
     def stopping(self):
         """True once the worker running this job is shutting down: a long task should
         checkpoint and return; if it outlasts the shutdown timeout it is interrupted."""
         return self.is_stopping()
+
+    @property
+    def cancel_requested(self):
+        """True once someone asked to cancel this job (``DQBackend.cancel``, the admin): a
+        task that can stop early should; its run then ends as it returns or raises."""
+        return (
+            Job.objects.using(self.database)
+            .filter(pk=int(self.task_result.id), cancel_requested_at__isnull=False)
+            .exists()
+        )
 
 
 @dataclass
@@ -242,7 +253,9 @@ class Worker(Role):
     def call(self, job, task, result):
         if task.takes_context:
             context = WorkerTaskContext(
-                task_result=result, is_stopping=lambda: self.stopping is not None
+                task_result=result,
+                is_stopping=lambda: self.stopping is not None,
+                database=self.database,
             )
             value = task.call(context, *job.args, **job.kwargs)
         else:

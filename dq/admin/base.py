@@ -1,0 +1,244 @@
+"""What every dq admin page shares: read-only, on dq's database, cheap to count, and actions
+that only staff with dq's permissions can run."""
+
+from django.contrib import admin, messages
+from django.contrib.admin import ActionLocation
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.utils.text import capfirst
+
+from ..models import FailedExecution, Job, ScheduledExecution
+from .display import state_badge
+from .overview import admin_config
+
+BATCH_SIZE = 500  # jobs changed per transaction by an action on "all matching"
+NAMED_IN_MESSAGES = 5  # jobs an action names when it could not change them
+
+# What the user needs for each of the actions below (Job's Meta.permissions).
+PERMISSIONS = {
+    "view": "dq.view_job",
+    "retry": "dq.retry_job",
+    "discard": "dq.discard_job",
+    "run_now": "dq.run_job_now",
+    "pause": "dq.pause_queue",
+}
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most ``cap`` rows: a bounded index scan, however large the table. Beyond it
+    the list says "10,000+" and the pages stop there; filters narrow it down."""
+
+    cap = 10_000
+
+    capped = False  # whether there are more rows than ``count`` says
+
+    @cached_property
+    def count(self):
+        counted = self.object_list.order_by().values("pk")[: self.cap + 1].count()
+        self.capped = counted > self.cap
+        return min(counted, self.cap)
+
+
+class DQModelAdmin(admin.ModelAdmin):
+    """Read-only: nobody adds, edits or deletes dq's rows by hand. Seeing any of them takes
+    ``dq.view_job``; each action takes its own permission."""
+
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = CappedCountPaginator
+    list_per_page = 50
+
+    class Media:
+        css = {"all": ["dq/admin.css"]}
+
+    @property
+    def db(self):
+        return admin_config().database
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).using(self.db)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm(PERMISSIONS["view"])
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm(PERMISSIONS["retry"])
+
+    def has_discard_permission(self, request):
+        return request.user.has_perm(PERMISSIONS["discard"])
+
+    def has_run_now_permission(self, request):
+        return request.user.has_perm(PERMISSIONS["run_now"])
+
+    def has_pause_permission(self, request):
+        return request.user.has_perm(PERMISSIONS["pause"])
+
+    def changelist_view(self, request, extra_context=None):
+        self.refuse_forbidden_action(request, ActionLocation.CHANGE_LIST)
+        return super().changelist_view(request, extra_context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        self.refuse_forbidden_action(request, ActionLocation.CHANGE_FORM)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def refuse_forbidden_action(self, request, location):
+        """403 for a POST of an action the user may not run (Django would only say "No
+        action selected", or ignore it when the user may run none)."""
+        if request.method != "POST":
+            return
+        prefix = "" if location == ActionLocation.CHANGE_LIST else f"{location.value}-"
+        allowed = self.get_actions(request, action_location=location)
+        for name in request.POST.getlist(f"{prefix}action"):
+            guarded = getattr(getattr(type(self), name, None), "allowed_permissions", None)
+            if guarded and name not in allowed:
+                raise PermissionDenied
+
+
+class JobActionsMixin:
+    """Retry, discard and run now, on the jobs behind a changelist's rows (``jobs_of``): a
+    selection, all rows matching the filters ("select all"), or one job from its page.
+
+    Each calls the model's batch transition, one transaction per BATCH_SIZE jobs, and logs
+    every job it changed in the admin log.
+    """
+
+    def jobs_of(self, queryset):
+        return Job.objects.using(self.db).filter(pk__in=queryset.values("job_id"))
+
+    @admin.action(
+        description="Retry the selected failed jobs",
+        permissions=["retry"],
+        location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
+    )
+    def retry_jobs(self, request, queryset):
+        failed = FailedExecution.objects.using(self.db).filter(
+            job_id__in=self.jobs_of(queryset).values("pk")
+        )
+        retried = 0
+        for jobs in FailedExecution.retry_batches(failed, batch_size=BATCH_SIZE, using=self.db):
+            self.log_jobs(request, jobs, CHANGE, "Retried: back to ready.")
+            retried += len(jobs)
+        if retried:
+            self.message_user(
+                request, f"Retried {jobs_count(retried)}: ready to run again.", messages.SUCCESS
+            )
+        else:
+            self.message_user(request, "No failed job selected: nothing retried.", messages.WARNING)
+
+    @admin.action(
+        description="Discard the selected jobs",
+        permissions=["discard"],
+        location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
+    )
+    def discard_jobs(self, request, queryset):
+        if request.POST.get("confirm") != "yes":
+            return self.confirm_discard(request, queryset)
+        discarded = kept = 0
+        named = []  # the first few jobs kept, to say why
+        for gone, left in Job.discard_batches(
+            self.jobs_of(queryset), batch_size=BATCH_SIZE, using=self.db
+        ):
+            self.log_jobs(request, gone, DELETION, "Discarded.")
+            discarded, kept = discarded + len(gone), kept + len(left)
+            named += left[: NAMED_IN_MESSAGES - len(named)]
+        if discarded:
+            self.message_user(request, f"Discarded {jobs_count(discarded)}.", messages.SUCCESS)
+        for job in named:
+            self.message_user(request, refusal(job), messages.WARNING)
+        if kept > len(named):
+            self.message_user(
+                request,
+                f"{capfirst(jobs_count(kept - len(named)))} more not discarded.",
+                messages.WARNING,
+            )
+        if discarded and request.POST.get(f"{ActionLocation.CHANGE_FORM.value}-action"):
+            return HttpResponseRedirect(reverse("admin:dq_job_changelist"))
+        return None
+
+    @admin.action(
+        description="Run the selected scheduled jobs now",
+        permissions=["run_now"],
+        location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
+    )
+    def run_jobs_now(self, request, queryset):
+        scheduled = ScheduledExecution.objects.using(self.db).filter(
+            job_id__in=self.jobs_of(queryset).values("pk")
+        )
+        moved = 0
+        for jobs in ScheduledExecution.run_now_batches(
+            scheduled, batch_size=BATCH_SIZE, using=self.db
+        ):
+            self.log_jobs(request, jobs, CHANGE, "Run now: moved from scheduled to ready.")
+            moved += len(jobs)
+        if moved:
+            self.message_user(
+                request, f"{capfirst(jobs_count(moved))} ready to run now.", messages.SUCCESS
+            )
+        else:
+            self.message_user(
+                request, "No scheduled job selected: nothing to run now.", messages.WARNING
+            )
+
+    def confirm_discard(self, request, queryset):
+        """A page that names what would be discarded and posts the same action again with
+        ``confirm=yes``: deleting jobs cannot be undone."""
+        jobs = self.jobs_of(queryset)
+        count = jobs.order_by().values("pk")[: CappedCountPaginator.cap + 1].count()
+        shown = list(jobs.only("task_path", "status").order_by("-pk")[:NAMED_IN_MESSAGES])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Discard jobs?",
+            "opts": self.opts,
+            "jobs": [(job, state_badge(job.status)) for job in shown],
+            "count": min(count, CappedCountPaginator.cap),
+            "capped": count > CappedCountPaginator.cap,
+            "more": min(count, CappedCountPaginator.cap) - len(shown),
+            "resend": [
+                (name, value)
+                for name, values in request.POST.lists()
+                if name != "csrfmiddlewaretoken"
+                for value in values
+            ],
+            "back_url": request.get_full_path(),
+            "media": self.media,
+        }
+        return TemplateResponse(request, "admin/dq/discard_confirmation.html", context)
+
+    def log_jobs(self, request, jobs, action_flag, message):
+        if jobs:
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk,
+                queryset=jobs,
+                action_flag=action_flag,
+                change_message=message,
+            )
+
+
+def jobs_count(count):
+    return f"{count} job" if count == 1 else f"{count} jobs"
+
+
+def refusal(job):
+    """Why ``job`` was not discarded."""
+    if job.status == Job.Status.RUNNING:
+        return (
+            f"Job {job.pk} was not discarded: it is running on a worker, and can be discarded "
+            "once it has ended."
+        )
+    if job.status == Job.Status.SUCCESSFUL:
+        return f"Job {job.pk} was not discarded: it has finished."
+    return f"Job {job.pk} was not discarded: it changed state meanwhile; reload and try again."

@@ -1,0 +1,72 @@
+"""Small, escaped HTML fragments the dq admin pages share."""
+
+import json
+from datetime import datetime
+
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import localize
+from django.utils.html import format_html
+from django.utils.timesince import timesince, timeuntil
+
+from .overview import STATE_BY_STATUS
+
+
+def state_badge(status):
+    state = STATE_BY_STATUS.get(status)
+    return format_html(
+        '<span class="dq-state dq-state-{}">{}</span>',
+        state.name if state else status,
+        state.label if state else status,
+    )
+
+
+def alive_badge(alive):
+    if alive:
+        return format_html('<span class="dq-state dq-state-alive">{}</span>', "alive")
+    return format_html('<span class="dq-state dq-state-stale">{}</span>', "stale")
+
+
+def job_link(job_id, text=None):
+    return format_html(
+        '<a href="{}">{}</a>',
+        reverse("admin:dq_job_change", args=[job_id]),
+        text if text is not None else f"#{job_id}",
+    )
+
+
+def pretty_json(value):
+    return format_html(
+        '<pre class="dq-json">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+def moment(value, now=None):
+    """An absolute time with how long ago (or how far ahead) it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    now = now or timezone.now()
+    relative = f"{timesince(value, now)} ago" if value <= now else f"in {timeuntil(value, now)}"
+    return format_html(
+        '{} <span class="dq-ago">({})</span>', localize(timezone.localtime(value)), relative
+    )
+
+
+def age(value, now=None):
+    """How long ago ``value`` was, short: "3\u00a0minutes"."""
+    if value is None:
+        return "-"
+    return timesince(value, now or timezone.now())
+
+
+def duration(started_at, finished_at):
+    """Seconds between two ISO times of an attempt, rounded for reading."""
+    if not started_at or not finished_at:
+        return "-"
+    seconds = (
+        datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)
+    ).total_seconds()
+    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.0f} s"

@@ -1,0 +1,168 @@
+"""One list per execution state that needs a person's eye: failed, claimed (running) and
+scheduled jobs. Each row links to its job's page, where everything about the job is."""
+
+from django.contrib import admin
+from django.db.models import OuterRef, Subquery
+from django.shortcuts import redirect
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
+
+from ..models import ClaimedExecution, FailedExecution, Process, ScheduledExecution
+from .base import DQModelAdmin, JobActionsMixin
+from .display import age, alive_badge, job_link, moment
+from .filters import ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter, QueueFilter
+from .jobs import process_link
+from .overview import admin_config, is_alive
+
+# The job columns the lists show; its large JSON columns stay unread.
+JOB_COLUMNS = [
+    "job__task_path",
+    "job__queue_name",
+    "job__priority",
+    "job__attempt_count",
+    "job__max_attempts",
+]
+
+
+class ExecutionAdmin(JobActionsMixin, DQModelAdmin):
+    """A list of one execution table; a row's page is its job's page."""
+
+    list_display_links = None
+
+    def get_queryset(self, request):
+        fields = [f.name for f in self.model._meta.concrete_fields]
+        return super().get_queryset(request).select_related("job").only(*fields, *JOB_COLUMNS)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        execution = self.get_object(request, object_id)
+        if execution is None or not self.has_view_permission(request, execution):
+            return super().change_view(request, object_id, form_url, extra_context)
+        return redirect("admin:dq_job_change", execution.job_id)
+
+    @admin.display(description="job", ordering="job_id")
+    def job_id_link(self, execution):
+        return job_link(execution.job_id)
+
+    @admin.display(description="task")
+    def task(self, execution):
+        return execution.job.task_path
+
+    @admin.display(description="queue")
+    def queue(self, execution):
+        return execution.job.queue_name
+
+
+@admin.register(FailedExecution)
+class FailedExecutionAdmin(ExecutionAdmin):
+    list_display = [
+        "job_id_link",
+        "task",
+        "queue",
+        "exception_class_path",
+        "error",
+        "attempts",
+        "failed_at",
+    ]
+    list_filter = [JobQueueFilter, JobTaskFilter, "exception_class_path"]
+    search_fields = ["=job__id", "job__task_path", "exception_class_path"]
+    search_help_text = "A job id, part of a task path, or an exception class."
+    ordering = ["-id"]
+    sortable_by = ["job_id_link", "failed_at"]
+    actions = ["retry_jobs", "discard_jobs"]
+
+    @admin.display(description="error")
+    def error(self, failed):
+        return format_html(
+            '{}<details class="dq-details"><summary>traceback</summary>'
+            '<pre class="dq-traceback">{}</pre></details>',
+            Truncator(failed.message).chars(200),
+            failed.traceback,
+        )
+
+    @admin.display(description="attempts")
+    def attempts(self, failed):
+        return failed.job.attempt_count
+
+
+@admin.register(ClaimedExecution)
+class ClaimedExecutionAdmin(ExecutionAdmin):
+    """Running jobs, with the process that holds each and whether its heartbeat is stale."""
+
+    list_display = [
+        "job_id_link",
+        "task",
+        "queue",
+        "held_by",
+        "host",
+        "claimed",
+        "heartbeat",
+    ]
+    list_filter = [ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter]
+    search_fields = ["=job__id", "job__task_path"]
+    search_help_text = "A job id, or part of a task path."
+    ordering = ["claimed_at"]
+    sortable_by = ["claimed"]
+    actions = None
+
+    def get_queryset(self, request):
+        # A claim can outlive its process row (pruned): read the process beside each claim,
+        # never join it away.
+        process = Process.objects.using(self.db).filter(pk=OuterRef("process_id"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                process_name=Subquery(process.values("name")[:1]),
+                process_pid=Subquery(process.values("pid")[:1]),
+                process_host=Subquery(process.values("hostname")[:1]),
+                heartbeat_at=Subquery(process.values("last_heartbeat_at")[:1]),
+            )
+        )
+
+    @admin.display(description="process")
+    def held_by(self, claim):
+        if claim.process_name is None:
+            return f"process {claim.process_id} (gone)"
+        return format_html(
+            "{} (pid {})", process_link(claim.process_id, claim.process_name), claim.process_pid
+        )
+
+    @admin.display(description="host")
+    def host(self, claim):
+        return claim.process_host or "-"
+
+    @admin.display(description="claimed", ordering="claimed_at")
+    def claimed(self, claim):
+        return moment(claim.claimed_at)
+
+    @admin.display(description="heartbeat")
+    def heartbeat(self, claim):
+        alive = is_alive(claim.heartbeat_at, admin_config().alive_threshold, timezone.now())
+        if claim.heartbeat_at is None:
+            return alive_badge(False)
+        return format_html("{} ago {}", age(claim.heartbeat_at), alive_badge(alive))
+
+
+@admin.register(ScheduledExecution)
+class ScheduledExecutionAdmin(ExecutionAdmin):
+    """Jobs waiting for their time: deferred with run_after, or backing off before a retry."""
+
+    list_display = ["job_id_link", "task", "queue_name", "priority", "runs_at", "why"]
+    list_filter = [QueueFilter, JobTaskFilter]
+    search_fields = ["=job__id", "job__task_path"]
+    search_help_text = "A job id, or part of a task path."
+    ordering = ["scheduled_at", "-priority"]
+    sortable_by = ["runs_at"]
+    actions = ["run_jobs_now", "discard_jobs"]
+
+    @admin.display(description="runs at", ordering="scheduled_at")
+    def runs_at(self, scheduled):
+        return moment(scheduled.scheduled_at)
+
+    @admin.display(description="waiting for")
+    def why(self, scheduled):
+        job = scheduled.job
+        if job.attempt_count:
+            return f"retry: attempt {job.attempt_count + 1} of at most {job.max_attempts}"
+        return "its run_after time"

@@ -1,0 +1,236 @@
+"""Jobs: the list (filter by state, queue, task, retried; newest first) and a job's page
+with its arguments, state, times, workers and attempt history."""
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from ..models import ClaimedExecution, FailedExecution, Job, Process, ScheduledExecution
+from .base import DQModelAdmin, JobActionsMixin
+from .display import age, alive_badge, duration, moment, pretty_json, state_badge
+from .filters import QueueFilter, RetriedFilter, StateFilter, TaskFilter
+from .overview import admin_config, is_alive
+
+# Large JSON columns the list never shows.
+LIST_DEFERRED = ["args", "kwargs", "attempts", "return_value", "backoff"]
+
+
+class JobChangeList(ChangeList):
+    def get_queryset(self, request, exclude_parameters=None):
+        return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED)
+
+    def get_results(self, request):
+        super().get_results(request)
+        if self.result_count == 0:
+            # Counted nothing: a search that matched no row need not scan again to show it.
+            self.result_list = self.queryset.none()
+
+
+@admin.register(Job)
+class JobAdmin(JobActionsMixin, DQModelAdmin):
+    list_display = [
+        "id",
+        "task_path",
+        "queue_name",
+        "priority",
+        "state",
+        "attempt_count",
+        "enqueued_at",
+        "finished_at",
+    ]
+    list_filter = [StateFilter, QueueFilter, TaskFilter, RetriedFilter]
+    search_fields = ["=id", "task_path"]
+    search_help_text = "A job id, or part of a task path."
+    ordering = ["-id"]
+    sortable_by = ["id"]
+    actions = ["retry_jobs", "run_jobs_now", "discard_jobs"]
+    readonly_fields = [
+        "state",
+        "positional_arguments",
+        "keyword_arguments",
+        "worker",
+        "claim",
+        "runs_at",
+        "failure",
+        "attempts_made",
+        "result",
+    ]
+
+    def get_changelist(self, request, **kwargs):
+        return JobChangeList
+
+    def jobs_of(self, queryset):
+        return queryset
+
+    def get_search_results(self, request, queryset, search_term):
+        """A number finds the job with that id; anything else, jobs whose task path has it."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.isdigit() and len(term) < 19:
+            return queryset.filter(pk=int(term)), False
+        return queryset.filter(task_path__icontains=term), False
+
+    def get_fieldsets(self, request, obj=None):
+        state = ["state", "worker"]
+        if obj is not None and obj.status == Job.Status.RUNNING:
+            state.append("claim")
+        if obj is not None and obj.status == Job.Status.SCHEDULED:
+            state.append("runs_at")
+        if obj is not None and obj.status == Job.Status.FAILED:
+            state.append("failure")
+        return [
+            (
+                "Task",
+                {
+                    "fields": [
+                        "task_path",
+                        ("queue_name", "priority"),
+                        "positional_arguments",
+                        "keyword_arguments",
+                        ("backend", "delivery"),
+                    ]
+                },
+            ),
+            ("State", {"fields": state}),
+            (
+                "Times",
+                {
+                    "fields": [
+                        ("enqueued_at", "scheduled_at"),
+                        ("started_at", "last_attempted_at", "finished_at"),
+                    ]
+                },
+            ),
+            ("Attempts and result", {"fields": ["attempts_made", "result"]}),
+        ]
+
+    @admin.display(description="state", ordering="status")
+    def state(self, job):
+        return state_badge(job.status)
+
+    @admin.display(description="arguments")
+    def positional_arguments(self, job):
+        return pretty_json(job.args)
+
+    @admin.display(description="keyword arguments")
+    def keyword_arguments(self, job):
+        return pretty_json(job.kwargs)
+
+    @admin.display(description="result")
+    def result(self, job):
+        return pretty_json(job.return_value) if job.status == Job.Status.SUCCESSFUL else "-"
+
+    @admin.display(description="attempts")
+    def attempts_made(self, job):
+        text = f"{job.attempt_count} of at most {job.max_attempts}"
+        if job.interruption_count:
+            text += f" ({job.interruption_count} interrupted)"
+        return text
+
+    @admin.display(description="worker")
+    def worker(self, job):
+        """The worker running the job now, else the one that ran its last attempt."""
+        if job.status == Job.Status.RUNNING:
+            claim = self.claim_of(job)
+            if claim is not None:
+                process = Process.objects.using(self.db).filter(pk=claim.process_id).first()
+                if process is not None:
+                    return process_link(process.pk, process.name)
+                return f"process {claim.process_id} (gone)"
+        if job.attempts:
+            return job.attempts[-1]["worker_id"]
+        return "-"
+
+    @admin.display(description="running on")
+    def claim(self, job):
+        claim = self.claim_of(job)
+        if claim is None:
+            return "-"
+        process = Process.objects.using(self.db).filter(pk=claim.process_id).first()
+        if process is None:
+            return format_html(
+                "process {}, which is gone (claimed {}) {}",
+                claim.process_id,
+                moment(claim.claimed_at),
+                alive_badge(False),
+            )
+        alive = is_alive(process.last_heartbeat_at, admin_config().alive_threshold, timezone.now())
+        return format_html(
+            "{} (pid {} on {}), claimed {}; last heartbeat {} ago {}",
+            process_link(process.pk, process.name),
+            process.pid,
+            process.hostname,
+            moment(claim.claimed_at),
+            age(process.last_heartbeat_at),
+            alive_badge(alive),
+        )
+
+    @admin.display(description="runs at")
+    def runs_at(self, job):
+        scheduled = ScheduledExecution.objects.using(self.db).filter(job_id=job.pk).first()
+        return moment(scheduled.scheduled_at) if scheduled else "-"
+
+    @admin.display(description="failure")
+    def failure(self, job):
+        failed = FailedExecution.objects.using(self.db).filter(job_id=job.pk).first()
+        if failed is None:
+            return "-"
+        return format_html(
+            '<strong>{}</strong>: {}<br>failed {}<pre class="dq-traceback">{}</pre>',
+            failed.exception_class_path,
+            failed.message,
+            moment(failed.failed_at),
+            failed.traceback,
+        )
+
+    def claim_of(self, job):
+        return ClaimedExecution.objects.using(self.db).filter(job_id=job.pk).first()
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context.update(self.job_page_context(request, obj))
+        # The actions are buttons that fit the job's state, not Django's drop-down.
+        context["action_form"] = None
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def job_page_context(self, request, job):
+        actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
+        fitting = {
+            Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
+            Job.Status.SCHEDULED: ["run_jobs_now", "discard_jobs"],
+            Job.Status.READY: ["discard_jobs"],
+        }.get(job.status, [])
+        labels = {"retry_jobs": "Retry", "run_jobs_now": "Run now", "discard_jobs": "Discard"}
+        buttons = [{"action": name, "label": labels[name]} for name in fitting if name in actions]
+        note = None
+        if job.status == Job.Status.RUNNING and "discard_jobs" in actions:
+            note = "Running on a worker: it can be retried or discarded once it has ended."
+        return {
+            "job_buttons": buttons,
+            "job_note": note,
+            "attempt_rows": attempt_rows(job),
+        }
+
+
+def process_link(process_id, name):
+    return format_html(
+        '<a href="{}">{}</a>', reverse("admin:dq_process_change", args=[process_id]), name
+    )
+
+
+def attempt_rows(job):
+    """The job's ended attempts, oldest first, ready for the page's history table."""
+    return [
+        {
+            "number": number,
+            "worker_id": attempt["worker_id"],
+            "started_at": moment(attempt["started_at"]) if attempt["started_at"] else "-",
+            "finished_at": moment(attempt["finished_at"]),
+            "duration": duration(attempt["started_at"], attempt["finished_at"]),
+            "error": attempt["error"],
+        }
+        for number, attempt in enumerate(job.attempts, start=1)
+    ]

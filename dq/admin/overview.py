@@ -1,0 +1,211 @@
+"""What the queues overview and ``dq_status`` show, read in a few bounded queries: jobs per
+queue and state, the oldest ready job, jobs ended per minute, processes and their heartbeats.
+
+Nothing here scans the whole jobs table: counts of finished jobs are capped, and the lists
+of queue and task names come from the jobs in flight and the latest jobs.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, Min, Prefetch
+from django.db.models.functions import TruncMinute
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from .. import conf
+from ..models import ClaimedExecution, Job, Pause, Process, ReadyExecution
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A state a job can be in, as the admin names it (``?state=name``)."""
+
+    name: str
+    label: str
+    status: str
+
+
+# Blocked jobs (concurrency limits) get one entry here, after "scheduled", with their status.
+STATES = (
+    State("ready", "Ready", Job.Status.READY),
+    State("scheduled", "Scheduled", Job.Status.SCHEDULED),
+    State("running", "Running", Job.Status.RUNNING),
+    State("failed", "Failed", Job.Status.FAILED),
+    State("finished", "Finished", Job.Status.SUCCESSFUL),
+)
+STATE_BY_NAME = {state.name: state for state in STATES}
+STATE_BY_STATUS = {state.status: state for state in STATES}
+# States whose jobs are still in the queue: counted exactly (bounded by the work in flight).
+OPEN_STATES = tuple(state for state in STATES if state.status != Job.Status.SUCCESSFUL)
+
+FINISHED_COUNT_CAP = 10_000
+RECENT_JOBS = 1_000  # the latest jobs whose queue and task names the filters offer
+RUNNING_SHOWN = 5  # jobs named per process as "running now"; the rest are counted
+ACTIVITY_MINUTES = 60
+
+
+def backend_alias():
+    """The dq backend the admin and ``dq_status`` show: the default task backend if it is
+    dq's, else the first dq backend in TASKS."""
+    from ..backend import DQBackend
+
+    aliases = sorted(settings.TASKS, key=lambda alias: alias != DEFAULT_TASK_BACKEND_ALIAS)
+    for alias in aliases:
+        if issubclass(import_string(settings.TASKS[alias]["BACKEND"]), DQBackend):
+            return alias
+    return DEFAULT_TASK_BACKEND_ALIAS
+
+
+def admin_config():
+    """The Configuration of the backend the admin shows (its database, alive threshold)."""
+    return conf.load(backend_alias())
+
+
+@dataclass(slots=True)
+class Minute:
+    start: object  # an aware datetime
+    finished: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class QueueSummary:
+    name: str
+    counts: dict = field(default_factory=dict)  # state name -> jobs
+    finished_capped: bool = False  # more finished jobs than FINISHED_COUNT_CAP
+    paused: bool = False
+    oldest_ready_at: object = None
+    activity: list = field(default_factory=list)  # Minute per minute of the last hour
+
+    def oldest_ready_age(self, now):
+        return None if self.oldest_ready_at is None else now - self.oldest_ready_at
+
+
+def activity_minutes(now):
+    """The starts of the last ACTIVITY_MINUTES minutes, oldest first, the current one last."""
+    current = now.replace(second=0, microsecond=0)
+    return [current - timedelta(minutes=ACTIVITY_MINUTES - 1 - i) for i in range(ACTIVITY_MINUTES)]
+
+
+def activity(*, using, now):
+    """Jobs finished and failed per minute over the last hour: {queue: [Minute, ...]}."""
+    starts = activity_minutes(now)
+    ended = (
+        Job.objects.using(using)
+        .filter(
+            finished_at__gte=starts[0],
+            status__in=[Job.Status.SUCCESSFUL, Job.Status.FAILED],
+        )
+        .annotate(minute=TruncMinute("finished_at"))
+        .values_list("queue_name", "status", "minute")
+        .annotate(jobs=Count("pk"))
+        .order_by()
+    )
+    per_queue = {}
+    for queue, status, minute, jobs in ended:
+        minutes = per_queue.setdefault(queue, {start: Minute(start) for start in starts})
+        bucket = minutes.get(minute)
+        if bucket is None:
+            continue  # finished "in the future": a clock ahead of ours
+        if status == Job.Status.SUCCESSFUL:
+            bucket.finished += jobs
+        else:
+            bucket.failed += jobs
+    return {queue: list(minutes.values()) for queue, minutes in per_queue.items()}
+
+
+def total_activity(per_queue, now):
+    """The per-minute activity of all queues together."""
+    minutes = [Minute(start) for start in activity_minutes(now)]
+    for queue_minutes in per_queue.values():
+        for total, minute in zip(minutes, queue_minutes, strict=True):
+            total.finished += minute.finished
+            total.failed += minute.failed
+    return minutes
+
+
+def known_queues(*, using):
+    """Queue names worth offering: those with jobs in flight or failed, paused ones, and
+    those of the latest jobs."""
+    names = set(
+        Job.objects.using(using)
+        .filter(status__in=[state.status for state in OPEN_STATES])
+        .values_list("queue_name", flat=True)
+        .distinct()
+        .order_by()
+    )
+    names.update(Pause.objects.using(using).values_list("queue_name", flat=True))
+    names.update(
+        Job.objects.using(using).order_by("-pk").values_list("queue_name", flat=True)[:RECENT_JOBS]
+    )
+    return sorted(names)
+
+
+def recent_tasks(*, using):
+    """Task paths of the latest jobs, sorted."""
+    latest = Job.objects.using(using).order_by("-pk").values_list("task_path", flat=True)
+    return sorted(set(latest[:RECENT_JOBS]))
+
+
+def queue_summaries(*, using, now=None):
+    """One QueueSummary per known queue, by name."""
+    now = now or timezone.now()
+    open_counts = (
+        Job.objects.using(using)
+        .filter(status__in=[state.status for state in OPEN_STATES])
+        .values_list("queue_name", "status")
+        .annotate(jobs=Count("pk"))
+        .order_by()
+    )
+    per_minute = activity(using=using, now=now)
+    paused = set(Pause.objects.using(using).values_list("queue_name", flat=True))
+    oldest_ready = dict(
+        ReadyExecution.objects.using(using)
+        .values_list("queue_name")
+        .annotate(oldest=Min("created_at"))
+        .order_by()
+    )
+    names = set(known_queues(using=using)) | set(per_minute)
+    queues = {name: QueueSummary(name) for name in sorted(names)}
+    for queue in queues.values():
+        queue.counts = {state.name: 0 for state in STATES}
+        queue.paused = queue.name in paused
+        queue.oldest_ready_at = oldest_ready.get(queue.name)
+        queue.activity = per_minute.get(queue.name) or [
+            Minute(start) for start in activity_minutes(now)
+        ]
+        finished = (
+            Job.objects.using(using)
+            .filter(status=Job.Status.SUCCESSFUL, queue_name=queue.name)
+            .values("pk")[: FINISHED_COUNT_CAP + 1]
+            .count()
+        )
+        queue.counts["finished"] = min(finished, FINISHED_COUNT_CAP)
+        queue.finished_capped = finished > FINISHED_COUNT_CAP
+    for name, status, jobs in open_counts:
+        queues[name].counts[STATE_BY_STATUS[status].name] = jobs
+    return list(queues.values())
+
+
+def is_alive(last_heartbeat_at, alive_threshold, now):
+    return last_heartbeat_at is not None and (now - last_heartbeat_at).total_seconds() <= (
+        alive_threshold
+    )
+
+
+def processes_with_claims(*, using):
+    """Every process, with ``claims`` (their jobs loaded) prefetched: what each one runs."""
+    claims = (
+        ClaimedExecution.objects.using(using)
+        .select_related("job")
+        .only("process_id", "claimed_at", "job__task_path", "job__queue_name")
+        .order_by("claimed_at")
+    )
+    return (
+        Process.objects.using(using)
+        .prefetch_related(Prefetch("claims", queryset=claims))
+        .order_by("hostname", "pid")
+    )

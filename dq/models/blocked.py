@@ -1,0 +1,48 @@
+from django.db import models, transaction
+
+from .job import Job
+from .semaphore import Semaphore
+
+
+class BlockedExecution(models.Model):
+    """A job waiting for a free slot of its concurrency key."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="blocked_execution")
+    queue_name = models.CharField(max_length=100)
+    priority = models.SmallIntegerField(default=0)
+    concurrency_key = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "dq_blocked_execution"
+        indexes = [
+            models.Index(fields=["concurrency_key", "-priority", "job"], name="dq_blocked_release"),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} blocked on {self.concurrency_key}"
+
+    @classmethod
+    def release_next(cls, key, *, using):
+        """Make the highest-priority blocked job of ``key`` ready if a slot is free.
+        Returns whether one was released."""
+        with transaction.atomic(using=using):
+            blocked = (
+                cls.objects.using(using)
+                .select_for_update(skip_locked=True)
+                .filter(concurrency_key=key)
+                .order_by("-priority", "job_id")
+                .first()
+            )
+            if blocked is None:
+                return False
+            job = Job.objects.using(using).get(pk=blocked.job_id)
+            if not Semaphore.acquire(
+                key, job.concurrency_limit, job.concurrency_duration, using=using
+            ):
+                return False
+            blocked.delete(using=using)
+            job.status = Job.Status.READY
+            job.save(using=using, update_fields=["status"])
+            Job.place([job], using=using, slots_taken=True)
+        return True

@@ -1,0 +1,60 @@
+from django.db import IntegrityError, models, transaction
+
+
+class RecurringTask(models.Model):
+    """A task enqueued on a cron schedule, as declared in the backend's OPTIONS["recurring"]."""
+
+    key = models.CharField(max_length=255, unique=True)
+    backend = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=255)
+    schedule = models.CharField(max_length=255)
+    timezone = models.CharField(max_length=64)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    queue_name = models.CharField(max_length=100, blank=True)
+    priority = models.SmallIntegerField(null=True, blank=True)
+    description = models.TextField(blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "dq_recurring_task"
+
+    def __str__(self):
+        return f"{self.key} ({self.schedule})"
+
+
+class RecurringExecution(models.Model):
+    """One run of a recurring task: unique per task and run time, so that however many
+    schedulers see a run due, one enqueues it."""
+
+    task_key = models.CharField(max_length=255)
+    run_at = models.DateTimeField()
+    job = models.ForeignKey(
+        "dq.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "dq_recurring_execution"
+        constraints = [
+            models.UniqueConstraint(fields=["task_key", "run_at"], name="dq_recurring_run_once")
+        ]
+
+    def __str__(self):
+        return f"{self.task_key} at {self.run_at.isoformat()}"
+
+    @classmethod
+    def record(cls, task_key, run_at, enqueue, *, using):
+        """Enqueue the run of ``task_key`` at ``run_at`` unless someone already did.
+        ``enqueue()`` returns the job id. Returns it, or None if the run was taken."""
+        with transaction.atomic(using=using):
+            try:
+                with transaction.atomic(using=using):
+                    execution = cls.objects.using(using).create(task_key=task_key, run_at=run_at)
+            except IntegrityError:
+                return None
+            execution.job_id = enqueue()
+            execution.save(using=using, update_fields=["job"])
+        RecurringTask.objects.using(using).filter(key=task_key).update(last_run_at=run_at)
+        return execution.job_id

@@ -1,0 +1,193 @@
+"""The admin in a real headless browser: Debian's chromium driven by Playwright, against
+pytest-django's live server and a real ``dq_work`` on the same test database.
+
+Without chromium or Playwright these tests are skipped, or fail when ``CI`` is set.
+``DQ_UPDATE_SCREENSHOTS=1`` writes the README's screenshots to docs/.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from dq.models import Job, Pause, Process, ReadyExecution
+
+from ..conftest import ROOT, InProcessWorker, wait_until
+from ..tasks import add, boom, charge_card, fails_until_released, fails_with, record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags chromium hangs on an offline machine.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCRIPT = "<script>alert(1)</script>"
+
+
+def unavailable(reason):
+    message = f"browser tests need {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set, so this is a failure; .ci/run installs it)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser(django_db_setup):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright: pip install -e '.[dev]'")
+    if not Path(CHROMIUM).exists():
+        unavailable(f"Debian's chromium at {CHROMIUM}: apt-get install chromium")
+    # Playwright's sync API keeps an event loop in this thread while the browser is open;
+    # the tests' ORM calls beside it are synchronous code all the same.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server, admin_user):
+    """A logged-in superuser's page on the live server."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", admin_user.username)
+    page.fill("#id_password", "password")
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+    yield page
+    context.close()
+
+
+def state_of(page):
+    return page.locator(".field-state .dq-state").inner_text()
+
+
+def test_retry_a_failed_job_and_see_it_succeed_on_a_live_worker(page, dq_work, release):
+    from playwright.sync_api import expect
+
+    work = dq_work("--threads", "2")
+    result = fails_until_released.enqueue("browser", release.path)
+    job_id = int(result.id)
+    wait_until(
+        lambda: Job.objects.get(pk=job_id).status == Job.Status.FAILED,
+        message=f"the job never failed:\n{work.output()}",
+    )
+
+    page.get_by_role("link", name="Failed executions").click()
+    expect(page.locator("#result_list")).to_contain_text("ValueError")
+    expect(page.locator("#result_list")).to_contain_text("browser: not released yet")
+    page.get_by_role("link", name=f"#{job_id}", exact=True).click()
+    assert state_of(page) == "Failed"
+    expect(page.locator("#dq-attempts")).to_contain_text("Traceback (most recent call last)")
+
+    release.set()
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator(".messagelist")).to_contain_text("Retried 1 job")
+
+    def finished():
+        page.reload()
+        return state_of(page) == "Finished"
+
+    wait_until(finished, interval=0.2, message=f"the retried job never finished:\n{work.output()}")
+    rows = page.locator("#dq-attempts tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("ValueError")
+    expect(rows.nth(1)).to_contain_text("succeeded")
+
+
+def test_pause_a_queue_and_see_it_paused_and_unclaimed_until_resumed(page, dq_work):
+    from playwright.sync_api import expect
+
+    waiting = record.using(queue_name="mail").enqueue("mail")
+    work = dq_work("--threads", "2")
+    page.get_by_role("link", name="Queues").click()
+    row = page.locator("#dq-queues tr[data-queue=mail]")
+    expect(row).to_be_visible()
+    wait_until(lambda: Job.objects.get(pk=int(waiting.id)).status == Job.Status.SUCCESSFUL)
+
+    row.get_by_role("button", name="Pause").click()
+    expect(page.locator(".messagelist")).to_contain_text("Queue mail is paused")
+    expect(row.locator(".dq-queue-status")).to_have_text("paused")
+    assert Pause.objects.filter(queue_name="mail").exists()
+
+    paused = record.using(queue_name="mail").enqueue("paused")
+    other = record.enqueue("other")
+    # The worker took the other queue's job after the paused one was there: it had the chance.
+    wait_until(lambda: Job.objects.get(pk=int(other.id)).status == Job.Status.SUCCESSFUL)
+    assert Job.objects.get(pk=int(paused.id)).status == Job.Status.READY
+
+    page.reload()
+    expect(row.locator("td.dq-num").first).to_have_text("1")  # ready, waiting
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".dq-queue-status")).to_have_text("active")
+    wait_until(
+        lambda: Job.objects.get(pk=int(paused.id)).status == Job.Status.SUCCESSFUL,
+        message=f"the resumed queue's job never ran:\n{work.output()}",
+    )
+
+
+def test_a_job_whose_argument_is_a_script_tag_runs_no_script(page, worker):
+    result = fails_with.enqueue(SCRIPT)
+    worker.work_off()
+    page.goto(f"/admin/dq/job/{result.id}/change/")
+    assert page.locator(".field-positional_arguments pre").inner_text() == f'[\n  "{SCRIPT}"\n]'
+    page.goto("/admin/dq/failedexecution/")
+    page.goto("/admin/dq/job/?q=fails_with")
+    assert page.dialogs == []
+    assert page.locator("script", has_text="alert(1)").count() == 0
+
+
+def test_screenshots_of_the_queues_overview_and_a_failed_job(page, tmp_path):
+    """The README's pictures, from realistic data: several queues, an hour of work."""
+    worker = InProcessWorker()
+    for i in range(48):
+        add.using(queue_name=("default", "emails", "media")[i % 3]).enqueue(i, i)
+    for _ in range(3):
+        boom.using(queue_name="emails").enqueue()
+    failed = charge_card.using(queue_name="payments", priority=10).enqueue(
+        4711, amount={"value": "129.90", "currency": "EUR"}
+    )
+    worker.work_off()
+    # Spread the hour's work over the last hour, as if it had been running all along.
+    now = timezone.now()
+    for index, job in enumerate(Job.objects.exclude(pk=int(failed.id)).order_by("pk")):
+        Job.objects.filter(pk=job.pk).update(
+            finished_at=now - timedelta(minutes=(index * 37) % 58, seconds=index)
+        )
+    for i in range(4):
+        add.using(queue_name="reports").enqueue(i, i)
+    Pause.pause("reports", using="default")
+    ReadyExecution.objects.update(created_at=now - timedelta(minutes=12))
+    add.using(queue_name="default", run_after=now + timedelta(minutes=30)).enqueue(7, 7)
+    add.using(queue_name="media").enqueue(99, 99)
+    worker.claim(limit=1)
+    Process.objects.filter(pk=worker.process.pk).update(metadata={"queues": ["*"], "threads": 5})
+
+    folder = ROOT / "docs" if os.environ.get("DQ_UPDATE_SCREENSHOTS") else tmp_path
+    folder.mkdir(exist_ok=True)
+    page.goto("/admin/dq/queue/")
+    page.locator("#toggle-nav-sidebar").click()  # the pictures show the page, not the menu
+    page.locator("#dq-queues").wait_for()
+    page.screenshot(path=folder / "admin-queues.png", full_page=True)
+    page.goto(f"/admin/dq/job/{failed.id}/change/")
+    page.locator("#dq-attempts").wait_for()
+    page.screenshot(path=folder / "admin-failed-job.png", full_page=True)
+    for name in ("admin-queues.png", "admin-failed-job.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
