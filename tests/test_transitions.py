@@ -338,19 +338,22 @@ def test_prune_deregisters_stale_processes_and_interrupts_their_claims(db):
     assert stale.process.name in old.errors[0].traceback
 
 
-def test_prune_leaves_processes_within_the_threshold_and_the_excluded_one(db):
-    recent, excluded = InProcessWorker(), InProcessWorker()
+def test_prune_leaves_recent_processes_and_the_pruning_supervisor_and_its_children(db):
+    recent, child = InProcessWorker(), InProcessWorker()
+    supervisor = Process.register(Process.Kind.SUPERVISOR, using="default")
+    Process.objects.filter(pk=child.process.pk).update(supervisor=supervisor)
     Process.objects.filter(pk=recent.process.pk).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=30)
     )
-    Process.objects.filter(pk=excluded.process.pk).update(
+    Process.objects.filter(pk__in=[child.process.pk, supervisor.pk]).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=600)
     )
 
-    assert Process.prune(60, exclude=excluded.process, using="default") == []
-    assert Process.objects.count() == 2
+    assert Process.prune(60, supervisor=supervisor, using="default") == []
+    assert Process.objects.count() == 3
 
-    assert [p.pk for p in Process.prune(60, using="default")] == [excluded.process.pk]
+    pruned = Process.prune(60, using="default")
+    assert sorted(p.pk for p in pruned) == sorted([child.process.pk, supervisor.pk])
     assert [p.pk for p in Process.prune(10, using="default")] == [recent.process.pk]
     assert not Process.objects.exists()
 

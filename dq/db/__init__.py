@@ -23,5 +23,11 @@ def for_alias(alias):
     return postgresql if connections[alias].vendor == "postgresql" else generic
 
 
+def database_now(alias):
+    """The database server's time: heartbeats of every host are written and compared by
+    this one clock."""
+    return for_alias(alias).database_now(connections[alias])
+
+
 def notify_ready(alias, queues):
     for_alias(alias).notify_ready(connections[alias], queues)

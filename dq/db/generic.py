@@ -4,6 +4,8 @@ SQLite serialises writers; with ``transaction_mode = IMMEDIATE`` every dq
 transaction takes the write lock at BEGIN, so two claims never interleave.
 """
 
+from django.utils import timezone
+
 DEFAULT_POLLING_INTERVAL = 0.1
 
 Listener = None
@@ -23,3 +25,7 @@ def session_id(alias):
 
 def terminate_session(alias, session):
     pass
+
+
+def database_now(connection):
+    return timezone.now()  # an embedded database runs on this host, with this clock

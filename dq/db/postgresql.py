@@ -50,6 +50,12 @@ def claim_statement(selector):
     return _CLAIM.format(where="r.queue_name = %(queue)s"), {"queue": selector}
 
 
+def database_now(connection):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CURRENT_TIMESTAMP")
+        return cursor.fetchone()[0]
+
+
 def notify_ready(connection, queues):
     payload = ",".join(sorted(queues))
     if len(payload) > _MAX_PAYLOAD:

@@ -5,8 +5,9 @@ from datetime import timedelta
 
 from django.db import models
 from django.db.models import Exists, OuterRef
-from django.utils import timezone
+from django.db.models.functions import Now
 
+from .. import db as vendor
 from ..exceptions import ProcessMissingError, ProcessPrunedError
 
 
@@ -52,17 +53,12 @@ class Process(models.Model):
             hostname=socket.gethostname(),
             supervisor=supervisor,
             metadata=metadata or {},
-            last_heartbeat_at=timezone.now(),
+            last_heartbeat_at=vendor.database_now(using),
         )
 
     def heartbeat(self, *, using):
         """Record that the process is alive. False if its row is gone (it was pruned)."""
-        updated = (
-            type(self)
-            .objects.using(using)
-            .filter(pk=self.pk)
-            .update(last_heartbeat_at=timezone.now())
-        )
+        updated = type(self).objects.using(using).filter(pk=self.pk).update(last_heartbeat_at=Now())
         return updated == 1
 
     def deregister(self, exception_class, message, *, using):
@@ -78,13 +74,14 @@ class Process(models.Model):
         type(self).objects.using(using).filter(pk=self.pk).delete()
 
     @classmethod
-    def prune(cls, alive_threshold, *, exclude=None, using):
+    def prune(cls, alive_threshold, *, supervisor=None, using):
         """Deregister processes of any host whose heartbeat is older than ``alive_threshold``
-        seconds, interrupting their jobs. Returns the processes pruned."""
-        cutoff = timezone.now() - timedelta(seconds=alive_threshold)
+        seconds, interrupting their jobs; not ``supervisor`` nor its children, which it
+        reaps itself. Returns the processes pruned."""
+        cutoff = vendor.database_now(using) - timedelta(seconds=alive_threshold)
         stale = cls.objects.using(using).filter(last_heartbeat_at__lt=cutoff)
-        if exclude is not None:
-            stale = stale.exclude(pk=exclude.pk)
+        if supervisor is not None:
+            stale = stale.exclude(pk=supervisor.pk).exclude(supervisor=supervisor)
         pruned = list(stale)
         for process in pruned:
             process.deregister(

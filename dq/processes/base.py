@@ -17,6 +17,7 @@ logger = logging.getLogger("dq")
 
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
+HANDLED_SIGNALS = {*GRACEFUL_SIGNALS, *IMMEDIATE_SIGNALS, signal.SIGCHLD}
 
 
 def database_retry_delay(failures):
@@ -165,6 +166,7 @@ class Role:
         for signum in IMMEDIATE_SIGNALS:
             signal.signal(signum, lambda *_: self.stop("immediate"))
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # blocked across the fork
 
     def _heartbeat_loop(self):
         try:

@@ -16,7 +16,13 @@ from django.db import DatabaseError, connections
 
 from ..exceptions import ProcessExitError
 from ..models import Process
-from .base import GRACEFUL_SIGNALS, IMMEDIATE_SIGNALS, Wakeup, database_retry_delay
+from .base import (
+    GRACEFUL_SIGNALS,
+    HANDLED_SIGNALS,
+    IMMEDIATE_SIGNALS,
+    Wakeup,
+    database_retry_delay,
+)
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .worker import Worker
@@ -104,9 +110,12 @@ class Supervisor:
 
     def fork(self, child):
         connections.close_all()  # a forked child must never share the parent's sockets
+        # Signals wait until the child has its own handlers (it unblocks them then).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
             os._exit(self._run_child(child))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.children[pid] = child
         logger.info("%s forked %s as pid %s", self.process.name, child.description, pid)
 
@@ -162,8 +171,9 @@ class Supervisor:
             self.stopping = "graceful"
 
     def maintain(self):
+        # Its own children it reaps; pruning is for processes nobody reaps.
         pruned = Process.prune(
-            self.config.alive_threshold, exclude=self.process, using=self.database
+            self.config.alive_threshold, supervisor=self.process, using=self.database
         )
         for process in pruned:
             logger.warning("%s pruned %s: no heartbeat", self.process.name, process)
@@ -202,7 +212,7 @@ class Supervisor:
 
     def install_signal_handlers(self):
         signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
-        for signum in (*GRACEFUL_SIGNALS, *IMMEDIATE_SIGNALS, signal.SIGCHLD):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, lambda signum, frame: self._signals.append(signum))
 
     def handle_signals(self):
