@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.core.management import call_command
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,15 +48,19 @@ def subprocess_env(options=None):
 class DQWork:
     """A real ``manage.py dq_work`` in a subprocess, always reaped at the end of the test."""
 
-    def __init__(self, args, options, tmp_path):
+    def __init__(self, args, options, tmp_path, *, new_session=False):
         self.log_path = tmp_path / f"dq_work-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # In a session of its own, the supervisor and its children form one process group
+        # that can be killed at once, as if their host vanished.
+        self.new_session = new_session
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "django", "dq_work", *args],
             cwd=ROOT,
             env=subprocess_env(options),
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
 
     @property
@@ -80,8 +85,13 @@ class DQWork:
         return self.wait(timeout)
 
     def kill(self):
-        """Kill the supervisor and every process it forked, whatever state they are in."""
-        if self.proc.poll() is None:
+        """Kill the supervisor and every process it forked, whatever state they are in;
+        with ``new_session``, all of them at once with one signal to the process group."""
+        if self.new_session:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        elif self.proc.poll() is None:
             children = _children_of(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
@@ -113,8 +123,8 @@ def dq_work(tmp_path):
     """Start ``dq_work`` with command-line ``args`` and backend ``options``; reaped afterwards."""
     started = []
 
-    def start(*args, options=None):
-        work = DQWork(args, options, tmp_path)
+    def start(*args, options=None, new_session=False):
+        work = DQWork(args, options, tmp_path, new_session=new_session)
         started.append(work)
         return work
 
@@ -177,3 +187,83 @@ class InProcessWorker:
 def worker(db):
     """An in-process worker over every queue; ``in_process_worker(queues)`` for others."""
     return InProcessWorker()
+
+
+@pytest.fixture(scope="session")
+def restartable_database(django_db_setup, django_db_blocker):
+    """The name of a database with dq's and the tests' tables on the tests' own PostgreSQL
+    cluster (tests/pgcluster.py), where a test may stop and restart PostgreSQL."""
+    from . import pgcluster
+
+    if connection.vendor != "postgresql":
+        pytest.skip("restarting the database server is a PostgreSQL test")
+    try:
+        pgcluster.ensure()
+    except pgcluster.Unavailable as error:
+        if os.environ.get("DQ_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"the restartable PostgreSQL cluster is unavailable: {error}")
+        pytest.skip(f"the restartable PostgreSQL cluster is unavailable: {error}")
+    # One per test database, so that sessions on different databases do not share it.
+    name = f"dq_restartable_{connection.settings_dict['NAME']}"
+    pgcluster.create_database(name)
+    env = subprocess_env()
+    env["DATABASE_URL"] = pgcluster.url(name)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    yield name
+    with contextlib.suppress(Exception):  # the cluster may have been stopped by a test
+        pgcluster.drop_database(name)
+
+
+class RestartableCluster:
+    """Stops and restarts the cluster the test's database lives on; the test's own
+    connection is closed after each, so its next query opens a new one."""
+
+    def __init__(self, pgcluster):
+        self.pgcluster = pgcluster
+
+    def restart(self):
+        self.pgcluster.restart()
+        connection.close()
+
+    def stop(self):
+        self.pgcluster.stop()
+        connection.close()
+
+    def start(self):
+        self.pgcluster.start()
+        connection.close()
+
+
+@pytest.fixture
+def restartable_db(transactional_db, restartable_database):
+    """Point the test's default database, and so every dq_work it starts, at
+    ``restartable_database``, emptied first; yields a RestartableCluster."""
+    from . import pgcluster
+
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    saved = wrapper.settings_dict
+    wrapper.close()
+    wrapper.settings_dict = {
+        **saved,
+        "NAME": restartable_database,
+        "HOST": pgcluster.HOST,
+        "PORT": pgcluster.PORT,
+        "USER": pgcluster.USER,
+        "PASSWORD": "",
+    }
+    try:
+        pgcluster.ensure()  # a test before this one may have left it stopped
+        call_command("flush", interactive=False, inhibit_post_migrate=True, verbosity=0)
+        yield RestartableCluster(pgcluster)
+    finally:
+        with contextlib.suppress(Exception):
+            pgcluster.ensure()
+        wrapper.close()
+        wrapper.settings_dict = saved

@@ -10,3 +10,29 @@ class Run(models.Model):
 
     def __str__(self):
         return f"{self.label} (pid {self.pid})"
+
+
+class ChaosExecution(models.Model):
+    """One execution of a chaos-run job, written by the task (tests/chaos)."""
+
+    job_id = models.BigIntegerField(db_index=True)
+    attempt = models.PositiveIntegerField()
+    pid = models.IntegerField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"job {self.job_id} attempt {self.attempt} (pid {self.pid})"
+
+
+class AtLeastOnceExecution(ChaosExecution):
+    pass
+
+
+class AtMostOnceExecution(ChaosExecution):
+    pass
+
+
+class ExactlyOnceExecution(ChaosExecution):
+    """Written inside the job's transaction: it exists only if the job's success committed."""

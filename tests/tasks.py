@@ -184,3 +184,29 @@ def checkpoint_on_stop(context, label):
         time.sleep(0.01)
     Run.objects.create(label=f"{label}:checkpoint", pid=os.getpid())
     return "checkpointed"
+
+
+def announce(began_file):
+    """Append this process's pid to ``began_file``: a mark outside any transaction that a
+    run has begun, for tasks whose database writes stay invisible until they commit."""
+    with open(began_file, "a") as began:
+        began.write(f"{os.getpid()}\n")
+
+
+@task(delivery="exactly_once")
+def block_exactly_once_announced(label, release_file, began_file):
+    """block_exactly_once that also says, outside its transaction, that it has begun."""
+    Run.objects.create(label=f"{label}:started", pid=os.getpid())
+    announce(began_file)
+    wait_for(release_file)
+    Run.objects.create(label=f"{label}:finished", pid=os.getpid())
+    return label
+
+
+@task
+def block_then_return(label, release_file):
+    """Record the start, wait for ``release_file``, return: after the wait, the database
+    is only needed to record how the job ended."""
+    Run.objects.create(label=f"{label}:started", pid=os.getpid())
+    wait_for(release_file)
+    return label

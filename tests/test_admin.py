@@ -24,7 +24,7 @@ from dq.models import (
 )
 
 from .conftest import InProcessWorker
-from .tasks import add, always_boom, boom, fails_until_released, fails_with
+from .tasks import add, always_boom, boom, fails_until_released, fails_with, limited
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +32,7 @@ JOBS = reverse("admin:dq_job_changelist")
 FAILED = reverse("admin:dq_failedexecution_changelist")
 CLAIMED = reverse("admin:dq_claimedexecution_changelist")
 SCHEDULED = reverse("admin:dq_scheduledexecution_changelist")
+BLOCKED = reverse("admin:dq_blockedexecution_changelist")
 PROCESSES = reverse("admin:dq_process_changelist")
 QUEUES = reverse("admin:dq_queue_changelist")
 PAUSE = reverse("admin:dq_queue_pause")
@@ -114,7 +115,7 @@ def messages_of(response):
 
 def test_index_links_every_dq_page_for_a_viewer(viewer):
     page = viewer.get(reverse("admin:index")).content.decode()
-    for url in (JOBS, FAILED, CLAIMED, SCHEDULED, PROCESSES, QUEUES):
+    for url in (JOBS, FAILED, CLAIMED, SCHEDULED, BLOCKED, PROCESSES, QUEUES):
         assert f'href="{url}"' in page
     assert ">Queues<" in page
 
@@ -124,7 +125,7 @@ def test_staff_without_view_permission_sees_nothing_of_dq(django_user_model):
     assert (
         "dq" not in client.get(reverse("admin:index")).content.decode().lower().split("<title>")[1]
     )
-    for url in (JOBS, FAILED, CLAIMED, SCHEDULED, PROCESSES, QUEUES):
+    for url in (JOBS, FAILED, CLAIMED, SCHEDULED, BLOCKED, PROCESSES, QUEUES):
         assert client.get(url).status_code == 403, url
 
 
@@ -361,6 +362,35 @@ def test_process_list_shows_kind_host_pid_heartbeat_and_what_it_runs(admin_clien
     assert job_url(int(result.id)) in detail.content.decode()
 
 
+def test_blocked_jobs_say_what_they_wait_for_and_can_be_discarded(operator):
+    running = limited.enqueue("first")
+    blocked = limited.enqueue("second")
+    assert job_of(blocked).status == Job.Status.BLOCKED
+    assert shown_ids(operator.get(JOBS, {"state": "blocked"})) == [int(blocked.id)]
+    page = operator.get(BLOCKED).content.decode()
+    assert job_url(int(blocked.id)) in page and job_url(int(running.id)) not in page
+    assert "a free slot of <code>limited</code> (at most 1 at once)" in page
+    page = operator.get(job_url(int(blocked.id))).content.decode()
+    assert 'dq-state-blocked">Blocked<' in page and "a free slot of <code>limited</code>" in page
+    assert "Discard</button>" in page and "Run now</button>" not in page
+    row = queue_row(operator.get(QUEUES).content.decode(), "default")
+    assert counts(row)[:3] == ["1", "0", "1"]  # ready, scheduled, blocked
+    response = act_on_page(operator, int(blocked.id), "discard_jobs", confirm="yes")
+    assert messages_of(response) == ["Discarded 1 job."]
+    assert list(Job.objects.values_list("pk", flat=True)) == [int(running.id)]
+
+
+def test_cancelled_jobs_have_their_own_state(admin_client):
+    result = add.enqueue(1, 1)
+    Job.cancel(int(result.id), using="default")
+    assert shown_ids(admin_client.get(JOBS, {"state": "cancelled"})) == [int(result.id)]
+    assert shown_ids(admin_client.get(JOBS, {"state": "ready"})) == []
+    row = queue_row(admin_client.get(QUEUES).content.decode(), "default")
+    assert counts(row)[-1] == "1"
+    page = admin_client.get(job_url(int(result.id))).content.decode()
+    assert 'dq-state-cancelled">Cancelled<' in page and "Discard</button>" not in page
+
+
 # --- the queues overview ------------------------------------------------------------------
 
 
@@ -388,28 +418,30 @@ def test_overview_counts_jobs_per_queue_and_state_and_shows_the_last_hour(admin_
     Pause.pause("idle", using="default")
     page = admin_client.get(QUEUES).content.decode()
     mail = queue_row(page, "mail")
-    # ready, scheduled, running, failed, finished
-    assert counts(mail) == ["1", "1", "1", "1", "1"]
+    # ready, scheduled, blocked, running, failed, finished, cancelled
+    assert counts(mail) == ["1", "1", "0", "1", "1", "1", "0"]
     assert "?state=failed&amp;queue=mail" in mail
     assert "3\xa0minutes" in mail
     assert "dq-state-active" in mail
     assert "dq-state-paused" in queue_row(page, "idle")
-    assert counts(queue_row(page, "idle")) == ["0"] * 5
+    assert counts(queue_row(page, "idle")) == ["0"] * 7
     assert "Last hour: 1 finished, 1 failed" in page
-    assert re.search(r"<title>\d\d:\d\d \u2013 1 finished, 1 failed</title>", page)
+    bars = re.findall(r"<title>\d\d:\d\d \u2013 (\d+) finished, (\d+) failed</title>", page)
+    assert len(bars) == 60 * 3  # a minute per bar: the whole chart and one per queue
+    assert [sum(int(bar[i]) for bar in bars) for i in (0, 1)] == [2, 2]  # chart + mail's
     assert worker.process.name in page
 
 
 def test_overview_caps_finished_counts(admin_client, worker, monkeypatch):
     from dq.admin import overview
 
-    monkeypatch.setattr(overview, "FINISHED_COUNT_CAP", 2)
+    monkeypatch.setattr(overview, "CLOSED_COUNT_CAP", 2)
     for i in range(3):
         add.enqueue(i, i)
     worker.work_off()
     with CaptureQueriesContext(connection) as queries:
         page = admin_client.get(QUEUES).content.decode()
-    assert counts(queue_row(page, "default"))[-1] == "2+"
+    assert counts(queue_row(page, "default"))[-2:] == ["2+", "0"]  # finished, cancelled
     finished_counts = [
         q["sql"] for q in queries if "COUNT(" in q["sql"] and "= 'successful'" in q["sql"]
     ]

@@ -44,10 +44,23 @@ def test_dq_status_prints_queues_by_state_and_processes_with_heartbeats(worker):
     output = dq_status()
 
     assert line_of(output, "QUEUE") == [
-        "QUEUE", "READY", "SCHEDULED", "RUNNING", "FAILED", "FINISHED", "OLDEST", "READY", "STATUS"
+        "QUEUE", "READY", "SCHEDULED", "BLOCKED", "RUNNING", "FAILED", "FINISHED", "CANCELLED",
+        "OLDEST", "READY", "STATUS",
     ]  # fmt: skip
-    assert line_of(output, "mail") == ["mail", "1", "1", "1", "1", "1", "3", "minutes", "active"]
-    assert line_of(output, "idle") == ["idle", "0", "0", "0", "0", "0", "-", "paused"]
+    assert line_of(output, "mail") == [
+        "mail",
+        "1",
+        "1",
+        "0",
+        "1",
+        "1",
+        "1",
+        "0",
+        "3",
+        "minutes",
+        "active",
+    ]
+    assert line_of(output, "idle") == ["idle", "0", "0", "0", "0", "0", "0", "0", "-", "paused"]
     assert "Last hour: 1 finished, 1 failed." in output
     assert "Processes (stale: no heartbeat for 30 s)" in output
     running = next(line for line in output.splitlines() if worker.process.name in line)

@@ -35,6 +35,21 @@ def job_link(job_id, text=None):
     )
 
 
+def process_link(process_id, name):
+    return format_html(
+        '<a href="{}">{}</a>', reverse("admin:dq_process_change", args=[process_id]), name
+    )
+
+
+def waiting_for(blocked):
+    """What a blocked execution waits for: a slot of its concurrency key."""
+    return format_html(
+        "a free slot of <code>{}</code> (at most {} at once)",
+        blocked.concurrency_key,
+        blocked.job.concurrency_limit,
+    )
+
+
 def pretty_json(value):
     return format_html(
         '<pre class="dq-json">{}</pre>',

@@ -8,11 +8,16 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from ..models import ClaimedExecution, FailedExecution, Process, ScheduledExecution
+from ..models import (
+    BlockedExecution,
+    ClaimedExecution,
+    FailedExecution,
+    Process,
+    ScheduledExecution,
+)
 from .base import DQModelAdmin, JobActionsMixin
-from .display import age, alive_badge, job_link, moment
+from .display import age, alive_badge, job_link, moment, process_link, waiting_for
 from .filters import ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter, QueueFilter
-from .jobs import process_link
 from .overview import admin_config, is_alive
 
 # The job columns the lists show; its large JSON columns stay unread.
@@ -29,10 +34,11 @@ class ExecutionAdmin(JobActionsMixin, DQModelAdmin):
     """A list of one execution table; a row's page is its job's page."""
 
     list_display_links = None
+    job_columns = JOB_COLUMNS
 
     def get_queryset(self, request):
         fields = [f.name for f in self.model._meta.concrete_fields]
-        return super().get_queryset(request).select_related("job").only(*fields, *JOB_COLUMNS)
+        return super().get_queryset(request).select_related("job").only(*fields, *self.job_columns)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         execution = self.get_object(request, object_id)
@@ -166,3 +172,25 @@ class ScheduledExecutionAdmin(ExecutionAdmin):
         if job.attempt_count:
             return f"retry: attempt {job.attempt_count + 1} of at most {job.max_attempts}"
         return "its run_after time"
+
+
+@admin.register(BlockedExecution)
+class BlockedExecutionAdmin(ExecutionAdmin):
+    """Jobs waiting for a free slot of their concurrency key."""
+
+    list_display = ["job_id_link", "task", "queue_name", "priority", "waiting_for", "since"]
+    list_filter = [QueueFilter, JobTaskFilter]
+    search_fields = ["=job__id", "job__task_path", "concurrency_key"]
+    search_help_text = "A job id, part of a task path, or a concurrency key."
+    ordering = ["concurrency_key", "-priority", "job_id"]
+    sortable_by = ["waiting_for", "since"]
+    actions = ["discard_jobs"]
+    job_columns = [*JOB_COLUMNS, "job__concurrency_limit"]
+
+    @admin.display(description="waiting for", ordering="concurrency_key")
+    def waiting_for(self, blocked):
+        return waiting_for(blocked)
+
+    @admin.display(description="blocked since", ordering="created_at")
+    def since(self, blocked):
+        return moment(blocked.created_at)

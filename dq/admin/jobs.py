@@ -3,13 +3,28 @@ with its arguments, state, times, workers and attempt history."""
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from ..models import ClaimedExecution, FailedExecution, Job, Process, ScheduledExecution
+from ..models import (
+    BlockedExecution,
+    ClaimedExecution,
+    FailedExecution,
+    Job,
+    Process,
+    ScheduledExecution,
+)
 from .base import DQModelAdmin, JobActionsMixin
-from .display import age, alive_badge, duration, moment, pretty_json, state_badge
+from .display import (
+    age,
+    alive_badge,
+    duration,
+    moment,
+    pretty_json,
+    process_link,
+    state_badge,
+    waiting_for,
+)
 from .filters import QueueFilter, RetriedFilter, StateFilter, TaskFilter
 from .overview import admin_config, is_alive
 
@@ -53,6 +68,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         "worker",
         "claim",
         "runs_at",
+        "blocked_on",
         "failure",
         "attempts_made",
         "result",
@@ -79,6 +95,8 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
             state.append("claim")
         if obj is not None and obj.status == Job.Status.SCHEDULED:
             state.append("runs_at")
+        if obj is not None and obj.status == Job.Status.BLOCKED:
+            state.append("blocked_on")
         if obj is not None and obj.status == Job.Status.FAILED:
             state.append("failure")
         return [
@@ -173,6 +191,13 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         scheduled = ScheduledExecution.objects.using(self.db).filter(job_id=job.pk).first()
         return moment(scheduled.scheduled_at) if scheduled else "-"
 
+    @admin.display(description="waiting for")
+    def blocked_on(self, job):
+        blocked = BlockedExecution.objects.using(self.db).filter(job_id=job.pk).first()
+        if blocked is None:
+            return "-"
+        return format_html("{}, since {}", waiting_for(blocked), moment(blocked.created_at))
+
     @admin.display(description="failure")
     def failure(self, job):
         failed = FailedExecution.objects.using(self.db).filter(job_id=job.pk).first()
@@ -201,6 +226,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         fitting = {
             Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
             Job.Status.SCHEDULED: ["run_jobs_now", "discard_jobs"],
+            Job.Status.BLOCKED: ["discard_jobs"],
             Job.Status.READY: ["discard_jobs"],
         }.get(job.status, [])
         labels = {"retry_jobs": "Retry", "run_jobs_now": "Run now", "discard_jobs": "Discard"}
@@ -213,12 +239,6 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
             "job_note": note,
             "attempt_rows": attempt_rows(job),
         }
-
-
-def process_link(process_id, name):
-    return format_html(
-        '<a href="{}">{}</a>', reverse("admin:dq_process_change", args=[process_id]), name
-    )
 
 
 def attempt_rows(job):

@@ -21,27 +21,31 @@ from ..models import ClaimedExecution, Job, Pause, Process, ReadyExecution
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """A state a job can be in, as the admin names it (``?state=name``)."""
+    """A state a job can be in, as the admin names it (``?state=name``). Jobs of an open
+    state are still in the queue and counted exactly (bounded by the work in flight); those
+    of a closed state pile up, so their counts are capped."""
 
     name: str
     label: str
     status: str
+    open: bool = True
 
 
-# Blocked jobs (concurrency limits) get one entry here, after "scheduled", with their status.
 STATES = (
     State("ready", "Ready", Job.Status.READY),
     State("scheduled", "Scheduled", Job.Status.SCHEDULED),
+    State("blocked", "Blocked", Job.Status.BLOCKED),
     State("running", "Running", Job.Status.RUNNING),
     State("failed", "Failed", Job.Status.FAILED),
-    State("finished", "Finished", Job.Status.SUCCESSFUL),
+    State("finished", "Finished", Job.Status.SUCCESSFUL, open=False),
+    State("cancelled", "Cancelled", Job.Status.CANCELLED, open=False),
 )
 STATE_BY_NAME = {state.name: state for state in STATES}
 STATE_BY_STATUS = {state.status: state for state in STATES}
-# States whose jobs are still in the queue: counted exactly (bounded by the work in flight).
-OPEN_STATES = tuple(state for state in STATES if state.status != Job.Status.SUCCESSFUL)
+OPEN_STATES = tuple(state for state in STATES if state.open)
+CLOSED_STATES = tuple(state for state in STATES if not state.open)
 
-FINISHED_COUNT_CAP = 10_000
+CLOSED_COUNT_CAP = 10_000  # jobs counted per queue in a closed state
 RECENT_JOBS = 1_000  # the latest jobs whose queue and task names the filters offer
 RUNNING_SHOWN = 5  # jobs named per process as "running now"; the rest are counted
 ACTIVITY_MINUTES = 60
@@ -75,7 +79,7 @@ class Minute:
 class QueueSummary:
     name: str
     counts: dict = field(default_factory=dict)  # state name -> jobs
-    finished_capped: bool = False  # more finished jobs than FINISHED_COUNT_CAP
+    capped: set = field(default_factory=set)  # states with more jobs than CLOSED_COUNT_CAP
     paused: bool = False
     oldest_ready_at: object = None
     activity: list = field(default_factory=list)  # Minute per minute of the last hour
@@ -128,8 +132,8 @@ def total_activity(per_queue, now):
 
 
 def known_queues(*, using):
-    """Queue names worth offering: those with jobs in flight or failed, paused ones, and
-    those of the latest jobs."""
+    """Queue names worth offering: those with jobs in an open state (waiting, running or
+    failed), paused ones, and those of the latest jobs."""
     names = set(
         Job.objects.using(using)
         .filter(status__in=[state.status for state in OPEN_STATES])
@@ -177,14 +181,16 @@ def queue_summaries(*, using, now=None):
         queue.activity = per_minute.get(queue.name) or [
             Minute(start) for start in activity_minutes(now)
         ]
-        finished = (
-            Job.objects.using(using)
-            .filter(status=Job.Status.SUCCESSFUL, queue_name=queue.name)
-            .values("pk")[: FINISHED_COUNT_CAP + 1]
-            .count()
-        )
-        queue.counts["finished"] = min(finished, FINISHED_COUNT_CAP)
-        queue.finished_capped = finished > FINISHED_COUNT_CAP
+        for state in CLOSED_STATES:
+            counted = (
+                Job.objects.using(using)
+                .filter(status=state.status, queue_name=queue.name)
+                .values("pk")[: CLOSED_COUNT_CAP + 1]
+                .count()
+            )
+            queue.counts[state.name] = min(counted, CLOSED_COUNT_CAP)
+            if counted > CLOSED_COUNT_CAP:
+                queue.capped.add(state.name)
     for name, status, jobs in open_counts:
         queues[name].counts[STATE_BY_STATUS[status].name] = jobs
     return list(queues.values())

@@ -56,7 +56,7 @@ class QueueAdmin(DQModelAdmin):
                     "cells": [
                         {
                             "count": queue.counts[state.name],
-                            "more": state.name == "finished" and queue.finished_capped,
+                            "more": state.name in queue.capped,
                             "url": jobs_url
                             + "?"
                             + urlencode({"state": state.name, "queue": queue.name}),
@@ -82,8 +82,13 @@ class QueueAdmin(DQModelAdmin):
             "opts": self.opts,
             "states": STATES,
             "rows": rows,
-            "totals": [sum(queue.counts[state.name] for queue in queues) for state in STATES],
-            "totals_more": any(queue.finished_capped for queue in queues),
+            "totals": [
+                {
+                    "count": sum(queue.counts[state.name] for queue in queues),
+                    "more": any(state.name in queue.capped for queue in queues),
+                }
+                for state in STATES
+            ],
             "chart": activity_svg(total_activity({q.name: q.activity for q in queues}, now)),
             "processes": processes,
             "alive_threshold": config.alive_threshold,

@@ -58,7 +58,7 @@ class FailedExecution(models.Model):
                 jobs = list(
                     Job.objects.using(using)
                     .filter(pk__in=job_ids)
-                    .only("task_path", "queue_name", "priority", "status")
+                    .only("task_path", "queue_name", "priority", "status", *Job.CONCURRENCY_FIELDS)
                 )
                 Job.place(jobs, using=using)
             if jobs:

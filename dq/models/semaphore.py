@@ -31,6 +31,11 @@ class Semaphore(models.Model):
         taken = {"value": F("value") - 1, "expires_at": expires_at, "duration": duration}
         if semaphores.update(**taken):
             return True
+        # None looked free. Lock the row before saying so: a release committing now is
+        # waited for (and its slot taken), and a later one waits for this transaction, so
+        # that it sees the blocked job this one inserts (else that job waits for expiry).
+        if cls.objects.using(using).select_for_update().filter(key=key).values_list("pk"):
+            return bool(semaphores.update(**taken))
         try:
             with transaction.atomic(using=using):
                 cls.objects.using(using).create(

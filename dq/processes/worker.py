@@ -115,6 +115,8 @@ class Worker(Role):
         if self.listener is None:
             self.listen()
         self.enforce_timeouts()
+        if self.stopping is not None:  # recycling: claim nothing, not even the job just timed out
+            return 0
         idle = self.pool.idle
         jobs = []
         if idle:
@@ -188,6 +190,11 @@ class Worker(Role):
 
     def perform(self, job):
         """Run one claimed job in a pool thread and record how it ended."""
+        connection = connections[self.database]
+        # The connection this thread kept from its last job may have been cut since (a
+        # database restart): the job must not fail on it.
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
         try:
             self._perform(job)
         except Exception:

@@ -70,6 +70,18 @@ TASKS = {
         "QUEUES": [],
         "OPTIONS": {
             "workers": [{"queues": ["*"], "threads": 5, "processes": 2}],
+            # Enqueued by dq_work's scheduler process, each run once however many
+            # dq_work run (cron syntax, in TIME_ZONE unless an entry names "timezone").
+            "recurring": {
+                "clean-up-sessions": {
+                    "task": "example.tasks.clean_up_sessions",
+                    "schedule": "* * * * *",
+                    "description": "Delete expired sessions, every minute",
+                },
+            },
+            # Successful and cancelled jobs are deleted an hour after they ended (default:
+            # a day); failed ones stay until someone retries or discards them.
+            "keep_finished": 3600,
         },
     },
 }

@@ -46,3 +46,48 @@ def resize_image(image_id):
     """Runs on its own queue, ahead of lower-priority jobs."""
     logger.info("image %s resized", image_id)
     return {"image_id": image_id, "sizes": [64, 256, 1024]}
+
+
+# --- flow control ------------------------------------------------------------------------
+
+
+@task(concurrency_key="account-{account_id}", concurrency_limit=1)
+def sync_account(account_id, batch):
+    """At most one sync per account runs at a time; the others wait as blocked jobs and
+    are released one by one, by priority then in enqueue order."""
+    time.sleep(1)  # talking to the account's bank
+    logger.info("account %s: batch %s synced", account_id, batch)
+    return {"account_id": account_id, "batch": batch}
+
+
+@task(unique_key="search-index-{index_name}")
+def rebuild_search_index(index_name):
+    """Enqueueing it again while one is waiting or running returns that job instead of
+    queueing a second rebuild."""
+    time.sleep(2)  # the rebuild
+    logger.info("search index %s rebuilt", index_name)
+    return {"index": index_name}
+
+
+@task
+def clean_up_sessions():
+    """Runs every minute from OPTIONS["recurring"] (see settings.py)."""
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    logger.info("removed %s expired session(s)", deleted)
+    return {"deleted": deleted}
+
+
+@task(takes_context=True)
+def export_orders(context, export_id, steps=120):
+    """Long: one step a second. Cancelling it (``default_task_backend.cancel(id)``) while
+    it runs sets ``context.cancel_requested``; it then stops after the current step."""
+    for step in range(1, steps + 1):
+        if context.cancel_requested:
+            logger.info("export %s cancelled after %s of %s steps", export_id, step - 1, steps)
+            return {"export_id": export_id, "steps": step - 1, "cancelled": True}
+        time.sleep(1)  # one step of the export
+    logger.info("export %s done", export_id)
+    return {"export_id": export_id, "steps": steps, "cancelled": False}

@@ -15,7 +15,7 @@ from django.utils import timezone
 from dq.models import Job, Pause, Process, ReadyExecution
 
 from ..conftest import ROOT, InProcessWorker, wait_until
-from ..tasks import add, boom, charge_card, fails_until_released, fails_with, record
+from ..tasks import add, boom, charge_card, fails_until_released, fails_with, limited, record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -178,6 +178,8 @@ def test_screenshots_of_the_queues_overview_and_a_failed_job(page, tmp_path):
     add.using(queue_name="default", run_after=now + timedelta(minutes=30)).enqueue(7, 7)
     add.using(queue_name="media").enqueue(99, 99)
     worker.claim(limit=1)
+    limited.enqueue("first")  # ready, holding the key's one slot
+    limited.enqueue("second")  # blocked until the first ends
     Process.objects.filter(pk=worker.process.pk).update(metadata={"queues": ["*"], "threads": 5})
 
     folder = ROOT / "docs" if os.environ.get("DQ_UPDATE_SCREENSHOTS") else tmp_path

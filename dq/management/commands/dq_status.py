@@ -40,9 +40,10 @@ class Command(BaseCommand):
         header = ["QUEUE", *(state.label.upper() for state in STATES), "OLDEST READY", "STATUS"]
         rows = []
         for queue in queues:
-            counts = [str(queue.counts[state.name]) for state in STATES]
-            if queue.finished_capped:
-                counts[-1] += "+"
+            counts = [
+                f"{queue.counts[state.name]}{'+' if state.name in queue.capped else ''}"
+                for state in STATES
+            ]
             oldest = queue.oldest_ready_at
             rows.append(
                 [

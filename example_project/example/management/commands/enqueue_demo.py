@@ -1,19 +1,26 @@
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand
+from django.tasks import default_task_backend
 from django.utils import timezone
 
 from example.tasks import (
     charge_card,
+    export_orders,
     generate_report,
+    rebuild_search_index,
     resize_image,
     send_reminder,
     send_welcome_email,
+    sync_account,
 )
 
 
 class Command(BaseCommand):
-    help = "Enqueue a batch of example jobs: welcome emails in bulk plus one of each other task."
+    help = (
+        "Enqueue a batch of example jobs: welcome emails in bulk, one of each other task, "
+        "and the flow-control demos (per-account limit, unique job, cancellation)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -28,6 +35,31 @@ class Command(BaseCommand):
         results.append(send_reminder.using(run_after=in_30s).enqueue(1))
         results.append(resize_image.enqueue(42))
 
+        # Concurrency limit: one sync per account at a time; the rest wait as "blocked".
+        for batch in range(1, 4):
+            for account_id in (1, 2):
+                results.append(sync_account.enqueue(account_id, batch))
+
+        # Unique: the second enqueue returns the job the first one made.
+        first = rebuild_search_index.enqueue("products")
+        again = rebuild_search_index.enqueue("products")
+        results.append(first)
+
+        # Cancellation: a long export to cancel while it runs, and one cancelled before.
+        long_export = export_orders.enqueue(7)
+        results.append(long_export)
+        tomorrow = timezone.now() + timedelta(days=1)
+        cancelled = default_task_backend.cancel(
+            export_orders.using(run_after=tomorrow).enqueue(8).id
+        )
+        results.append(cancelled)
+
         for result in results:
-            self.stdout.write(f"{result.id}  {result.task.name}")
+            self.stdout.write(f"{result.id}  {result.task.name}  {result.status}")
         self.stdout.write(self.style.SUCCESS(f"Enqueued {len(results)} jobs."))
+        self.stdout.write(
+            f"rebuild_search_index enqueued twice: job {first.id}, then job {again.id} again.\n"
+            f"Cancel the running export (job {long_export.id}) with:\n"
+            f'  python manage.py shell -c "from django.tasks import default_task_backend; '
+            f"default_task_backend.cancel('{long_export.id}')\""
+        )
