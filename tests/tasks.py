@@ -210,3 +210,10 @@ def block_then_return(label, release_file):
     Run.objects.create(label=f"{label}:started", pid=os.getpid())
     wait_for(release_file)
     return label
+
+
+@task(concurrency_key="limited", concurrency_limit=1)
+def limited(label):
+    """One at a time: the second of two is blocked (the admin shows what it waits for)."""
+    Run.objects.create(label=label, pid=os.getpid())
+    return label

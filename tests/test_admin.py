@@ -372,12 +372,28 @@ def test_blocked_jobs_say_what_they_wait_for_and_can_be_discarded(operator):
     assert "a free slot of <code>limited</code> (at most 1 at once)" in page
     page = operator.get(job_url(int(blocked.id))).content.decode()
     assert 'dq-state-blocked">Blocked<' in page and "a free slot of <code>limited</code>" in page
-    assert "Discard</button>" in page and "Run now</button>" not in page
+    assert "Discard</button>" in page and "Run now</button>" in page
     row = queue_row(operator.get(QUEUES).content.decode(), "default")
     assert counts(row)[:3] == ["1", "0", "1"]  # ready, scheduled, blocked
     response = act_on_page(operator, int(blocked.id), "discard_jobs", confirm="yes")
     assert messages_of(response) == ["Discarded 1 job."]
     assert list(Job.objects.values_list("pk", flat=True)) == [int(running.id)]
+
+
+def test_run_now_on_a_blocked_job_makes_it_ready_over_its_limit(operator, worker):
+    running = limited.enqueue("first")
+    blocked = limited.enqueue("second")
+    waiting = limited.enqueue("third")
+    response = act_on_page(operator, int(blocked.id), "run_jobs_now")
+    assert messages_of(response) == ["1 job ready to run now."]
+    assert job_of(blocked).status == Job.Status.READY
+    assert job_of(waiting).status == Job.Status.BLOCKED
+    # The first run to end pays back the slot taken over the limit; the second frees one.
+    for still_blocked in (True, False):
+        [job] = worker.claim(limit=1)
+        assert job.pk in {int(running.id), int(blocked.id)}
+        worker.worker.perform(job)
+        assert (job_of(waiting).status == Job.Status.BLOCKED) is still_blocked
 
 
 def test_cancelled_jobs_have_their_own_state(admin_client):

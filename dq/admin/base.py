@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.text import capfirst
 
-from ..models import FailedExecution, Job, ScheduledExecution
+from ..models import BlockedExecution, FailedExecution, Job, ScheduledExecution
 from .display import state_badge
 from .overview import admin_config
 
@@ -170,27 +170,27 @@ class JobActionsMixin:
         return None
 
     @admin.action(
-        description="Run the selected scheduled jobs now",
+        description="Run the selected scheduled or blocked jobs now",
         permissions=["run_now"],
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
     def run_jobs_now(self, request, queryset):
-        scheduled = ScheduledExecution.objects.using(self.db).filter(
-            job_id__in=self.jobs_of(queryset).values("pk")
-        )
+        selected = self.jobs_of(queryset).values("pk")
         moved = 0
-        for jobs in ScheduledExecution.run_now_batches(
-            scheduled, batch_size=BATCH_SIZE, using=self.db
-        ):
-            self.log_jobs(request, jobs, CHANGE, "Run now: moved from scheduled to ready.")
-            moved += len(jobs)
+        for execution, state in ((ScheduledExecution, "scheduled"), (BlockedExecution, "blocked")):
+            waiting = execution.objects.using(self.db).filter(job_id__in=selected)
+            for jobs in execution.run_now_batches(waiting, batch_size=BATCH_SIZE, using=self.db):
+                self.log_jobs(request, jobs, CHANGE, f"Run now: moved from {state} to ready.")
+                moved += len(jobs)
         if moved:
             self.message_user(
                 request, f"{capfirst(jobs_count(moved))} ready to run now.", messages.SUCCESS
             )
         else:
             self.message_user(
-                request, "No scheduled job selected: nothing to run now.", messages.WARNING
+                request,
+                "No scheduled or blocked job selected: nothing to run now.",
+                messages.WARNING,
             )
 
     def confirm_discard(self, request, queryset):

@@ -184,7 +184,7 @@ class BlockedExecutionAdmin(ExecutionAdmin):
     search_help_text = "A job id, part of a task path, or a concurrency key."
     ordering = ["concurrency_key", "-priority", "job_id"]
     sortable_by = ["waiting_for", "since"]
-    actions = ["discard_jobs"]
+    actions = ["run_jobs_now", "discard_jobs"]
     job_columns = [*JOB_COLUMNS, "job__concurrency_limit"]
 
     @admin.display(description="waiting for", ordering="concurrency_key")

@@ -226,7 +226,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         fitting = {
             Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
             Job.Status.SCHEDULED: ["run_jobs_now", "discard_jobs"],
-            Job.Status.BLOCKED: ["discard_jobs"],
+            Job.Status.BLOCKED: ["run_jobs_now", "discard_jobs"],
             Job.Status.READY: ["discard_jobs"],
         }.get(job.status, [])
         labels = {"retry_jobs": "Retry", "run_jobs_now": "Run now", "discard_jobs": "Discard"}

@@ -1,6 +1,7 @@
 from django.db import models, transaction
+from django.db.models import F
 
-from .job import Job
+from .job import Job, pk_batches
 from .semaphore import Semaphore
 
 
@@ -42,7 +43,27 @@ class BlockedExecution(models.Model):
             ):
                 return False
             blocked.delete(using=using)
-            job.status = Job.Status.READY
-            job.save(using=using, update_fields=["status"])
-            Job.place([job], using=using, slots_taken=True)
+            Job.make_ready([job.pk], using=using, slots_taken=True)
         return True
+
+    @classmethod
+    def run_now_batches(cls, queryset, *, batch_size=500, using):
+        """Make the blocked executions of ``queryset`` ready at once, over their concurrency
+        limit: each takes a slot its key does not have (the next releases pay it back).
+        ``batch_size`` at a time, one transaction per batch; yields the jobs made ready."""
+        for batch in pk_batches(queryset.using(using), batch_size):
+            with transaction.atomic(using=using):
+                blocked = list(
+                    cls.objects.using(using)
+                    .select_for_update()
+                    .filter(pk__in=batch)
+                    .values_list("job_id", "concurrency_key")
+                )
+                cls.objects.using(using).filter(pk__in=batch).delete()
+                for _, key in blocked:
+                    Semaphore.objects.using(using).filter(key=key).update(value=F("value") - 1)
+                jobs = Job.make_ready(
+                    [job_id for job_id, _ in blocked], using=using, slots_taken=True
+                )
+            if jobs:
+                yield jobs

@@ -3,6 +3,12 @@ from django.db.models import F
 
 from .job import Job, pk_batches
 
+# A retried job gets one attempt more than it has failed, whatever its task allowed.
+ONE_MORE_ATTEMPT = {
+    "max_attempts": F("attempt_count") - F("interruption_count") + 1,
+    "finished_at": None,
+}
+
 
 class FailedExecution(models.Model):
     """A job that ran out of attempts; kept until someone retries or discards it."""
@@ -25,13 +31,8 @@ class FailedExecution(models.Model):
             failed = type(self).objects.using(using).select_for_update().filter(pk=self.pk).first()
             if failed is None:
                 return False
-            job = Job.objects.using(using).select_for_update().get(pk=self.job_id)
             failed.delete(using=using)
-            job.max_attempts = job.failure_count + 1
-            job.finished_at = None
-            job.status = Job.Status.READY
-            job.save(using=using, update_fields=["max_attempts", "finished_at", "status"])
-            Job.place([job], using=using)
+            Job.make_ready([self.job_id], using=using, **ONE_MORE_ATTEMPT)
         return True
 
     @classmethod
@@ -50,17 +51,7 @@ class FailedExecution(models.Model):
                     .values_list("job_id", flat=True)
                 )
                 cls.objects.using(using).filter(job_id__in=job_ids).delete()
-                Job.objects.using(using).filter(pk__in=job_ids).update(
-                    max_attempts=F("attempt_count") - F("interruption_count") + 1,
-                    finished_at=None,
-                    status=Job.Status.READY,
-                )
-                jobs = list(
-                    Job.objects.using(using)
-                    .filter(pk__in=job_ids)
-                    .only("task_path", "queue_name", "priority", "status", *Job.CONCURRENCY_FIELDS)
-                )
-                Job.place(jobs, using=using)
+                jobs = Job.make_ready(job_ids, using=using, **ONE_MORE_ATTEMPT)
             if jobs:
                 yield jobs
 

@@ -484,6 +484,20 @@ class Job(models.Model):
                 )
 
     @classmethod
+    def make_ready(cls, job_ids, *, using, slots_taken=False, **changes):
+        """Make these jobs ready (with ``changes`` to their fields) and create their ready
+        rows; the caller deleted their previous execution rows in the same transaction.
+        Returns the jobs, with what the admin and placing need loaded."""
+        cls.objects.using(using).filter(pk__in=job_ids).update(status=cls.Status.READY, **changes)
+        jobs = list(
+            cls.objects.using(using)
+            .filter(pk__in=job_ids)
+            .only("task_path", "queue_name", "priority", "status", *cls.CONCURRENCY_FIELDS)
+        )
+        cls.place(jobs, using=using, slots_taken=slots_taken)
+        return jobs
+
+    @classmethod
     def place(cls, jobs, *, using, slots_taken=False):
         """Create the execution row each job's status names (ready, scheduled or blocked);
         ready jobs with a concurrency key take a slot first unless ``slots_taken``."""

@@ -33,17 +33,8 @@ class ScheduledExecution(models.Model):
             )
             if not due:
                 return 0
-            job_ids = [job_id for _, job_id in due]
             cls.objects.using(using).filter(pk__in=[pk for pk, _ in due]).delete()
-            jobs = list(
-                Job.objects.using(using)
-                .filter(pk__in=job_ids)
-                .only("queue_name", "priority", *Job.CONCURRENCY_FIELDS)
-            )
-            Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
-            for job in jobs:
-                job.status = Job.Status.READY
-            Job.place(jobs, using=using)
+            Job.make_ready([job_id for _, job_id in due], using=using)
         return len(due)
 
     @classmethod
@@ -54,10 +45,7 @@ class ScheduledExecution(models.Model):
             if scheduled is None:
                 return False
             scheduled.delete(using=using)
-            job = Job.objects.using(using).get(pk=job_id)
-            job.status = Job.Status.READY
-            job.save(using=using, update_fields=["status"])
-            Job.place([job], using=using)
+            Job.make_ready([job_id], using=using)
         return True
 
     @classmethod
@@ -76,13 +64,7 @@ class ScheduledExecution(models.Model):
                     .values_list("job_id", flat=True)
                 )
                 cls.objects.using(using).filter(job_id__in=job_ids).delete()
-                Job.objects.using(using).filter(pk__in=job_ids).update(status=Job.Status.READY)
-                jobs = list(
-                    Job.objects.using(using)
-                    .filter(pk__in=job_ids)
-                    .only("task_path", "queue_name", "priority", "status", *Job.CONCURRENCY_FIELDS)
-                )
-                Job.place(jobs, using=using)
+                jobs = Job.make_ready(job_ids, using=using)
             if jobs:
                 yield jobs
 
