@@ -1,7 +1,6 @@
 from django.db import models, transaction
-from django.db.models import F
 
-from .job import Job, pk_batches
+from .job import Job, make_ready_in_batches
 from .semaphore import Semaphore
 
 
@@ -51,19 +50,6 @@ class BlockedExecution(models.Model):
         """Make the blocked executions of ``queryset`` ready at once, over their concurrency
         limit: each takes a slot its key does not have (the next releases pay it back).
         ``batch_size`` at a time, one transaction per batch; yields the jobs made ready."""
-        for batch in pk_batches(queryset.using(using), batch_size):
-            with transaction.atomic(using=using):
-                blocked = list(
-                    cls.objects.using(using)
-                    .select_for_update()
-                    .filter(pk__in=batch)
-                    .values_list("job_id", "concurrency_key")
-                )
-                cls.objects.using(using).filter(pk__in=batch).delete()
-                for _, key in blocked:
-                    Semaphore.objects.using(using).filter(key=key).update(value=F("value") - 1)
-                jobs = Job.make_ready(
-                    [job_id for job_id, _ in blocked], using=using, slots_taken=True
-                )
-            if jobs:
-                yield jobs
+        yield from make_ready_in_batches(
+            cls, queryset, batch_size=batch_size, using=using, over_limit=True
+        )

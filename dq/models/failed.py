@@ -1,7 +1,7 @@
 from django.db import models, transaction
 from django.db.models import F
 
-from .job import Job, pk_batches
+from .job import Job, make_ready_in_batches
 
 # A retried job gets one attempt more than it has failed, whatever its task allowed.
 ONE_MORE_ATTEMPT = {
@@ -42,18 +42,9 @@ class FailedExecution(models.Model):
 
         Yields the jobs retried (task path, queue and priority loaded) after each batch commits.
         """
-        for batch in pk_batches(queryset.using(using), batch_size):
-            with transaction.atomic(using=using):
-                job_ids = list(
-                    cls.objects.using(using)
-                    .select_for_update()
-                    .filter(pk__in=batch)
-                    .values_list("job_id", flat=True)
-                )
-                cls.objects.using(using).filter(job_id__in=job_ids).delete()
-                jobs = Job.make_ready(job_ids, using=using, **ONE_MORE_ATTEMPT)
-            if jobs:
-                yield jobs
+        yield from make_ready_in_batches(
+            cls, queryset, batch_size=batch_size, using=using, **ONE_MORE_ATTEMPT
+        )
 
     @classmethod
     def retry_all(cls, queryset, *, batch_size=500, using):

@@ -78,6 +78,24 @@ def pk_batches(queryset, batch_size):
         batch = list(keys.filter(pk__gt=batch[-1])[:batch_size])
 
 
+def make_ready_in_batches(execution, queryset, *, batch_size, using, **changes):
+    """Move the jobs of the ``execution`` rows in ``queryset`` to ready, ``batch_size`` at a
+    time in primary-key order, one transaction per batch: lock and delete the rows, then
+    ``Job.make_ready``. Yields each batch's jobs after it commits."""
+    for batch in pk_batches(queryset.using(using), batch_size):
+        with transaction.atomic(using=using):
+            job_ids = list(
+                execution.objects.using(using)
+                .select_for_update()
+                .filter(pk__in=batch)
+                .values_list("job_id", flat=True)
+            )
+            execution.objects.using(using).filter(job_id__in=job_ids).delete()
+            jobs = Job.make_ready(job_ids, using=using, **changes)
+        if jobs:
+            yield jobs
+
+
 class Job(models.Model):
     """One enqueued task call, kept for its whole life; its state is its one execution row."""
 
@@ -484,7 +502,7 @@ class Job(models.Model):
                 )
 
     @classmethod
-    def make_ready(cls, job_ids, *, using, slots_taken=False, **changes):
+    def make_ready(cls, job_ids, *, using, slots_taken=False, over_limit=False, **changes):
         """Make these jobs ready (with ``changes`` to their fields) and create their ready
         rows; the caller deleted their previous execution rows in the same transaction.
         Returns the jobs, with what the admin and placing need loaded."""
@@ -494,18 +512,24 @@ class Job(models.Model):
             .filter(pk__in=job_ids)
             .only("task_path", "queue_name", "priority", "status", *cls.CONCURRENCY_FIELDS)
         )
-        cls.place(jobs, using=using, slots_taken=slots_taken)
+        cls.place(jobs, using=using, slots_taken=slots_taken, over_limit=over_limit)
         return jobs
 
     @classmethod
-    def place(cls, jobs, *, using, slots_taken=False):
+    def place(cls, jobs, *, using, slots_taken=False, over_limit=False):
         """Create the execution row each job's status names (ready, scheduled or blocked);
-        ready jobs with a concurrency key take a slot first unless ``slots_taken``."""
+        ready jobs with a concurrency key take a slot first unless ``slots_taken``, and
+        with ``over_limit`` (a person's "run now") take one even if none is free."""
         from .blocked import BlockedExecution
         from .ready import ReadyExecution
         from .scheduled import ScheduledExecution
+        from .semaphore import Semaphore
 
-        if not slots_taken:
+        if over_limit:
+            for job in jobs:
+                if job.status == cls.Status.READY and job.concurrency_key:
+                    Semaphore.take_over_limit(job.concurrency_key, using=using)
+        elif not slots_taken:
             for job in cls.admit(jobs, using=using):
                 job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
         ready = [job for job in jobs if job.status == cls.Status.READY]

@@ -2,7 +2,7 @@ from django.db import models, transaction
 from django.db.models import Min
 from django.utils import timezone
 
-from .job import Job, pk_batches
+from .job import Job, make_ready_in_batches
 
 
 class ScheduledExecution(models.Model):
@@ -55,18 +55,7 @@ class ScheduledExecution(models.Model):
 
         Yields the jobs made ready (task path, queue and priority loaded) after each batch commits.
         """
-        for batch in pk_batches(queryset.using(using), batch_size):
-            with transaction.atomic(using=using):
-                job_ids = list(
-                    cls.objects.using(using)
-                    .select_for_update()
-                    .filter(pk__in=batch)
-                    .values_list("job_id", flat=True)
-                )
-                cls.objects.using(using).filter(job_id__in=job_ids).delete()
-                jobs = Job.make_ready(job_ids, using=using)
-            if jobs:
-                yield jobs
+        yield from make_ready_in_batches(cls, queryset, batch_size=batch_size, using=using)
 
     @classmethod
     def next_due_at(cls, *, using):

@@ -47,6 +47,11 @@ class Semaphore(models.Model):
             return bool(semaphores.update(**taken))
 
     @classmethod
+    def take_over_limit(cls, key, *, using):
+        """Take a slot of ``key`` even if none is free; the next release pays it back."""
+        cls.objects.using(using).filter(key=key).update(value=F("value") - 1)
+
+    @classmethod
     def release(cls, key, *, using):
         """Give back a slot of ``key``, then let the next blocked job of that key take it."""
         from .blocked import BlockedExecution
