@@ -20,6 +20,8 @@ from dq.models import (
     Pause,
     Process,
     ReadyExecution,
+    RecurringExecution,
+    RecurringTask,
     ScheduledExecution,
 )
 
@@ -727,3 +729,41 @@ def test_retry_all_and_discard_all_work_in_batches_by_primary_key(worker):
     worker.claim(limit=1)
     assert Job.discard_all(Job.objects.all(), batch_size=2, using="default") == (4, 1)
     assert Job.objects.get().status == Job.Status.RUNNING
+
+
+def recurring_task(key="nightly"):
+    return RecurringTask.objects.create(
+        key=key,
+        backend="default",
+        task_path="tests.tasks.add",
+        schedule="0 3 * * *",
+        timezone="Europe/Paris",
+        args=[2, 3],
+        description="Adds <b>two</b> numbers",
+    )
+
+
+def test_recurring_tasks_show_schedule_last_and_next_run_and_their_jobs(operator):
+    task = recurring_task()
+    url = reverse("admin:dq_recurringtask_changelist")
+    page = operator.get(url).content.decode()
+    assert "nightly" in page and "0 3 * * *" in page and "Europe/Paris" in page
+    next_run = task.next_run_at(timezone.now())
+    assert next_run.hour == 3 and next_run.minute == 0
+    response = operator.post(url, {"action": "run_now", "_selected_action": [task.pk]}, follow=True)
+    [execution] = RecurringExecution.objects.filter(task_key="nightly")
+    assert Job.objects.get(pk=execution.job_id).args == [2, 3]
+    assert messages_of(response) == [f"Enqueued nightly as job {execution.job_id}."]
+    detail = operator.get(reverse("admin:dq_recurringtask_change", args=[task.pk])).content
+    assert job_url(execution.job_id) in detail.decode()
+    assert "Adds &lt;b&gt;two&lt;/b&gt; numbers" in detail.decode()
+    assert LogEntry.objects.filter(object_id=str(task.pk)).exists()
+
+
+def test_run_now_of_a_recurring_task_needs_its_permission(viewer):
+    task = recurring_task()
+    url = reverse("admin:dq_recurringtask_changelist")
+    assert "run_now" not in viewer.get(url).content.decode()
+    response = viewer.post(url, {"action": "run_now", "_selected_action": [task.pk]})
+    assert response.status_code == 403
+    assert not RecurringExecution.objects.exists()

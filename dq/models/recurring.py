@@ -1,4 +1,10 @@
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
 from django.db import IntegrityError, models, transaction
+
+from .job import load_task
 
 
 class RecurringTask(models.Model):
@@ -22,6 +28,28 @@ class RecurringTask(models.Model):
 
     def __str__(self):
         return f"{self.key} ({self.schedule})"
+
+    def next_run_at(self, now):
+        """The next time the schedule comes due after ``now``, in the task's time zone."""
+        return croniter(self.schedule, now.astimezone(ZoneInfo(self.timezone))).get_next(datetime)
+
+    def previous_run_at(self, now):
+        return croniter(self.schedule, now.astimezone(ZoneInfo(self.timezone))).get_prev(datetime)
+
+    def enqueue_run(self, run_at, *, using):
+        """Enqueue the run at ``run_at`` unless someone already did; the job id, or None."""
+        return RecurringExecution.record(self.key, run_at, self.enqueue_job, using=using)
+
+    def enqueue_job(self):
+        task = load_task(self.task_path)
+        changes = {}
+        if self.queue_name:
+            changes["queue_name"] = self.queue_name
+        if self.priority is not None:
+            changes["priority"] = self.priority
+        if changes:
+            task = task.using(**changes)
+        return int(task.enqueue(*self.args, **self.kwargs).id)
 
 
 class RecurringExecution(models.Model):

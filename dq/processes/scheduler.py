@@ -1,14 +1,10 @@
 import logging
-import zoneinfo
-from datetime import datetime
 
-from croniter import croniter
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import Process, RecurringExecution, RecurringTask
-from ..models.job import load_task
+from ..models import Process, RecurringTask
 from .base import Role
 
 logger = logging.getLogger("dq")
@@ -52,27 +48,13 @@ class Scheduler(Role):
     def poll(self):
         now = timezone.now()
         delays = [MAX_SLEEP]
-        for key, entry in self.config.recurring.items():
-            zone = zoneinfo.ZoneInfo(entry.timezone or settings.TIME_ZONE)
-            local_now = now.astimezone(zone)
-            due = croniter(entry.schedule, local_now).get_prev(datetime)
-            if due >= self.started_at.astimezone(zone):
-                job_id = RecurringExecution.record(
-                    key, due, lambda entry=entry: self.enqueue(entry), using=self.database
-                )
+        for task in RecurringTask.objects.using(self.database).filter(backend=self.config.backend):
+            due = task.previous_run_at(now)
+            if due >= self.started_at:
+                job_id = task.enqueue_run(due, using=self.database)
                 if job_id is not None:
-                    logger.info("%s enqueued %s (run of %s) as job %s", self.name, key, due, job_id)
-            upcoming = croniter(entry.schedule, local_now).get_next(datetime)
-            delays.append((upcoming - local_now).total_seconds())
+                    logger.info(
+                        "%s enqueued %s (run of %s) as job %s", self.name, task, due, job_id
+                    )
+            delays.append((task.next_run_at(now) - now).total_seconds())
         return max(0.0, min(delays))
-
-    def enqueue(self, entry):
-        task = load_task(entry.task)
-        changes = {}
-        if entry.queue_name:
-            changes["queue_name"] = entry.queue_name
-        if entry.priority is not None:
-            changes["priority"] = entry.priority
-        if changes:
-            task = task.using(**changes)
-        return int(task.enqueue(*entry.args, **entry.kwargs).id)
