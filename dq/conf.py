@@ -283,12 +283,17 @@ def _parse_recurring(value, problems):
         entry = _parse_section(section, RecurringConfig, _RECURRING_KEYS, where, problems)
         if entry is None:
             continue
-        if not isinstance(entry.schedule, str) or not croniter.is_valid(entry.schedule):
+        if (
+            not isinstance(entry.schedule, str)
+            # Five fields or an alias such as "@hourly"; not croniter's seconds or years.
+            or len(entry.schedule.split()) != (1 if entry.schedule.startswith("@") else 5)
+            or not croniter.is_valid(entry.schedule)
+        ):
             problems.append(
                 Problem(
                     "dq.E006",
                     f"{where}: schedule {entry.schedule!r} is not a valid cron expression "
-                    "(five fields, e.g. '0 3 * * *').",
+                    "(five fields, e.g. '0 3 * * *', or an alias such as '@hourly').",
                 )
             )
         if not isinstance(entry.args, list) or not isinstance(entry.kwargs, dict):

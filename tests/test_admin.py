@@ -77,6 +77,7 @@ def operator(django_user_model):
         "discard_job",
         "run_job_now",
         "pause_queue",
+        "cancel_job",
     )
 
 
@@ -767,3 +768,23 @@ def test_run_now_of_a_recurring_task_needs_its_permission(viewer):
     response = viewer.post(url, {"action": "run_now", "_selected_action": [task.pk]})
     assert response.status_code == 403
     assert not RecurringExecution.objects.exists()
+
+
+def test_cancel_ends_a_waiting_job_and_asks_a_running_one_to_stop(operator, worker):
+    running = add.enqueue(1, 1)
+    worker.claim()
+    waiting = add.enqueue(2, 2)
+    response = act_on_page(operator, int(waiting.id), "cancel_jobs")
+    assert messages_of(response) == ["Cancelled 1 job; asked 0 jobs running to stop."]
+    assert job_of(waiting).status == Job.Status.CANCELLED
+    response = act_on_page(operator, int(running.id), "cancel_jobs")
+    assert messages_of(response) == ["Cancelled 0 jobs; asked 1 job running to stop."]
+    assert job_of(running).cancel_requested_at is not None
+    assert LogEntry.objects.filter(object_id=running.id, change_message="Cancellation requested.")
+
+
+def test_cancel_needs_its_permission(viewer):
+    result = add.enqueue(1, 1)
+    assert "Cancel</button>" not in viewer.get(job_url(int(result.id))).content.decode()
+    assert act_on_page(viewer, int(result.id), "cancel_jobs").status_code == 403
+    assert job_of(result).status == Job.Status.READY

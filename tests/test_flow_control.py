@@ -54,7 +54,7 @@ from .flow_tasks import (
     unique_record,
 )
 from .models import Run
-from .tasks import add, boom
+from .tasks import add, always_boom, boom
 
 pytestmark = pytest.mark.django_db
 
@@ -910,7 +910,9 @@ def test_a_valid_recurring_task_passes_the_checks():
     assert recurring_messages({"task": "tests.tasks.add", "schedule": "@hourly"}) == []
 
 
-@pytest.mark.parametrize("schedule", ["61 * * * *", "every minute", "* * *", ""])
+@pytest.mark.parametrize(
+    "schedule", ["61 * * * *", "every minute", "* * *", "", "*/5 * * * * *", "0 0 1 1 * 2030"]
+)
 def test_a_bad_schedule_is_e006(schedule):
     messages = recurring_messages({"task": "tests.tasks.record", "schedule": schedule})
     assert [message_id for message_id, _ in messages] == ["dq.E006"]
@@ -941,3 +943,22 @@ def test_an_unimportable_recurring_task_is_e007(path, needle):
 def test_a_recurring_entry_without_a_schedule_is_e006():
     messages = recurring_messages({"task": "tests.tasks.record"})
     assert [message_id for message_id, _ in messages] == ["dq.E006"]
+
+
+def test_a_cancelled_running_job_that_raises_is_not_retried(worker):
+    result = always_boom.enqueue()
+    [job] = worker.claim()
+    default_task_backend.cancel(result.id)
+    worker.worker.perform(job)
+    assert job_of(result).status == Job.Status.FAILED
+    assert job_of(result).attempt_count == 1  # always_boom allows 3
+
+
+def test_the_dispatcher_prunes_recurring_runs_with_finished_jobs():
+    config = replace(conf.load("default"), keep_finished=3600)
+    now = timezone.now()
+    old = RecurringExecution.objects.create(task_key="k", run_at=now - timedelta(hours=2))
+    young = RecurringExecution.objects.create(task_key="k", run_at=now - timedelta(minutes=5))
+    dispatcher(config).maintain()
+    assert list(RecurringExecution.objects.values_list("pk", flat=True)) == [young.pk]
+    assert old.pk != young.pk

@@ -12,7 +12,9 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.text import capfirst
 
+from ..exceptions import TransitionNotAllowed
 from ..models import BlockedExecution, FailedExecution, Job, ScheduledExecution
+from ..models.job import pk_batches
 from .display import state_badge
 from .overview import admin_config
 
@@ -25,6 +27,7 @@ PERMISSIONS = {
     "retry": "dq.retry_job",
     "discard": "dq.discard_job",
     "run_now": "dq.run_job_now",
+    "cancel": "dq.cancel_job",
     "pause": "dq.pause_queue",
 }
 
@@ -84,6 +87,9 @@ class DQModelAdmin(admin.ModelAdmin):
     def has_run_now_permission(self, request):
         return request.user.has_perm(PERMISSIONS["run_now"])
 
+    def has_cancel_permission(self, request):
+        return request.user.has_perm(PERMISSIONS["cancel"])
+
     def has_pause_permission(self, request):
         return request.user.has_perm(PERMISSIONS["pause"])
 
@@ -118,6 +124,35 @@ class JobActionsMixin:
 
     def jobs_of(self, queryset):
         return Job.objects.using(self.db).filter(pk__in=queryset.values("job_id"))
+
+    @admin.action(
+        description="Cancel the selected jobs (a running one is asked to stop)",
+        permissions=["cancel"],
+        location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
+    )
+    def cancel_jobs(self, request, queryset):
+        cancellable = self.jobs_of(queryset).filter(status__in=Job.CANCELLABLE)
+        cancelled, asked = [], []
+        for batch in pk_batches(cancellable, BATCH_SIZE):
+            for job_id in batch:
+                try:
+                    status = Job.cancel(job_id, using=self.db)
+                except (TransitionNotAllowed, Job.DoesNotExist):
+                    continue  # it ended meanwhile
+                (asked if status == Job.Status.RUNNING else cancelled).append(job_id)
+        for done, message in ((cancelled, "Cancelled."), (asked, "Cancellation requested.")):
+            self.log_jobs(request, Job.objects.using(self.db).filter(pk__in=done), CHANGE, message)
+        if cancelled or asked:
+            self.message_user(
+                request,
+                f"Cancelled {jobs_count(len(cancelled))}; asked {jobs_count(len(asked))} "
+                "running to stop.",
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request, "No job that can be cancelled was selected.", messages.WARNING
+            )
 
     @admin.action(
         description="Retry the selected failed jobs",

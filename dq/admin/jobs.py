@@ -60,7 +60,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
     search_help_text = "A job id, or part of a task path."
     ordering = ["-id"]
     sortable_by = ["id"]
-    actions = ["retry_jobs", "run_jobs_now", "discard_jobs"]
+    actions = ["retry_jobs", "run_jobs_now", "cancel_jobs", "discard_jobs"]
     readonly_fields = [
         "state",
         "positional_arguments",
@@ -225,11 +225,17 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
         fitting = {
             Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
-            Job.Status.SCHEDULED: ["run_jobs_now", "discard_jobs"],
-            Job.Status.BLOCKED: ["run_jobs_now", "discard_jobs"],
-            Job.Status.READY: ["discard_jobs"],
+            Job.Status.SCHEDULED: ["run_jobs_now", "cancel_jobs", "discard_jobs"],
+            Job.Status.BLOCKED: ["run_jobs_now", "cancel_jobs", "discard_jobs"],
+            Job.Status.READY: ["cancel_jobs", "discard_jobs"],
+            Job.Status.RUNNING: ["cancel_jobs"],
         }.get(job.status, [])
-        labels = {"retry_jobs": "Retry", "run_jobs_now": "Run now", "discard_jobs": "Discard"}
+        labels = {
+            "retry_jobs": "Retry",
+            "run_jobs_now": "Run now",
+            "cancel_jobs": "Cancel",
+            "discard_jobs": "Discard",
+        }
         buttons = [{"action": name, "label": labels[name]} for name in fitting if name in actions]
         note = None
         if job.status == Job.Status.RUNNING and "discard_jobs" in actions:

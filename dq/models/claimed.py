@@ -74,7 +74,7 @@ class ClaimedExecution(models.Model):
             )
             claim.delete(using=using)
             job.release_slot(using=using)
-            if job.failure_count < job.max_attempts:
+            if job.failure_count < job.max_attempts and job.cancel_requested_at is None:
                 job.schedule_retry(now, job.retry_delay(), using=using)
             else:
                 job.fail(error, now, using=using)

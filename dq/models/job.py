@@ -173,6 +173,7 @@ class Job(models.Model):
             ("discard_job", "Can discard jobs that are not running"),
             ("run_job_now", "Can run scheduled jobs now"),
             ("pause_queue", "Can pause and resume queues"),
+            ("cancel_job", "Can cancel jobs"),
         ]
 
     def __str__(self):
@@ -341,6 +342,8 @@ class Job(models.Model):
         """The model of the execution row this job's status names, None once it succeeded."""
         return self.execution_models().get(self.status)
 
+    CANCELLABLE = (Status.READY, Status.SCHEDULED, Status.BLOCKED, Status.RUNNING)
+
     CONCURRENCY_FIELDS = (
         "concurrency_key",
         "concurrency_limit",
@@ -429,7 +432,8 @@ class Job(models.Model):
         from .semaphore import Semaphore
 
         changed = []
-        for job in jobs:
+        # Keys in one order, so that two transactions never wait for each other's semaphores.
+        for job in sorted(jobs, key=lambda job: job.concurrency_key):
             if job.status != cls.Status.READY or not job.concurrency_key:
                 continue
             if Semaphore.acquire(

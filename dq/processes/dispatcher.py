@@ -4,7 +4,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from ..conf import DEFAULT_PRUNE_BATCH_SIZE
-from ..models import Job, Process, ScheduledExecution, Semaphore
+from ..models import Job, Process, RecurringExecution, ScheduledExecution, Semaphore
 from .base import Role
 
 
@@ -38,6 +38,10 @@ class Dispatcher(Role):
     def maintain(self):
         Semaphore.reclaim_expired(using=self.database)
         now = timezone.now()
+        if self.config.keep_finished is not None:
+            RecurringExecution.objects.using(self.database).filter(
+                run_at__lt=now - timedelta(seconds=self.config.keep_finished)
+            ).delete()
         for statuses, keep in (
             ([Job.Status.SUCCESSFUL, Job.Status.CANCELLED], self.config.keep_finished),
             ([Job.Status.FAILED], self.config.keep_failed),

@@ -54,6 +54,11 @@ class Supervisor:
         self.stopping = None
         self.wakeup = Wakeup()
         self._signals = []
+        # No pruning before this time.monotonic(); None: once the database answers again.
+        self.prune_not_before = 0.0
+        # Dead children whose jobs could not be recovered yet (pid -> message): it leaves its
+        # own children out of pruning, so it must retry them itself.
+        self.unrecovered = {}
 
     def plan(self):
         """The children to run, one entry per process."""
@@ -102,6 +107,7 @@ class Supervisor:
                     logger.exception("%s: database error; retrying", self.process.name)
                     connections[self.database].close()
                     next_heartbeat = next_maintenance = now + database_retry_delay(1)
+                    self.prune_not_before = None
         finally:
             self.stop_children()
             self.process.deregister(ProcessExitError, "supervisor stopped", using=self.database)
@@ -152,7 +158,8 @@ class Supervisor:
 
     def recover(self, pid, message):
         """Deregister what a dead child left behind, interrupting its jobs. If the database
-        is unreachable now, pruning by heartbeat age does it later."""
+        is unreachable now, the next maintenance tries again."""
+        self.unrecovered[pid] = message
         try:
             dead = Process.objects.using(self.database).filter(supervisor=self.process, pid=pid)
             for process in dead:
@@ -164,6 +171,8 @@ class Supervisor:
         except DatabaseError:
             logger.exception("%s: cannot recover pid %s's jobs yet", self.process.name, pid)
             connections[self.database].close()
+        else:
+            del self.unrecovered[pid]
 
     def heartbeat(self):
         if not self.process.heartbeat(using=self.database):
@@ -171,10 +180,18 @@ class Supervisor:
             self.stopping = "graceful"
 
     def maintain(self):
-        # Its own children it reaps; pruning is for processes nobody reaps.
-        pruned = Process.prune(
-            self.config.alive_threshold, supervisor=self.process, using=self.database
-        )
+        for pid, message in list(self.unrecovered.items()):
+            self.recover(pid, message)
+        if self.prune_not_before is None:
+            # Nobody could heartbeat while the database was unreachable: give every process
+            # the alive threshold from now on before taking its silence for death.
+            self.prune_not_before = time.monotonic() + self.config.alive_threshold
+        pruned = []
+        if time.monotonic() >= self.prune_not_before:
+            # Its own children it reaps; pruning is for processes nobody reaps.
+            pruned = Process.prune(
+                self.config.alive_threshold, supervisor=self.process, using=self.database
+            )
         for process in pruned:
             logger.warning("%s pruned %s: no heartbeat", self.process.name, process)
         recovered = Process.recover_orphaned_claims(using=self.database)

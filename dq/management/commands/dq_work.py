@@ -54,6 +54,11 @@ class Command(BaseCommand):
 
     def banner(self, config):
         vendor = connections[config.database].vendor
+        scheduler = (
+            f"scheduler for {len(config.recurring)} recurring task(s); "
+            if config.recurring and config.scheduler
+            else ""
+        )
         workers = "; ".join(
             f"{w.processes} x worker ({w.threads} threads, queues {','.join(w.queues)})"
             for w in config.workers
@@ -61,6 +66,7 @@ class Command(BaseCommand):
         return (
             f"dq_work: backend {config.backend!r} on database {config.database!r} ({vendor}): "
             f"{workers}; {config.dispatcher.processes} x dispatcher; "
+            f"{scheduler}"
             f"shutdown timeout {config.shutdown_timeout}s, heartbeat every "
             f"{config.heartbeat_interval}s, alive threshold {config.alive_threshold}s"
         )
