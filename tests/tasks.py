@@ -1,11 +1,13 @@
 """Tasks the tests enqueue. Blocking ones wait on a file (an event), never on time."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from pathlib import Path
 
+from django.db import IntegrityError
 from django.tasks import task
 
 from .models import Run
@@ -216,4 +218,14 @@ def block_then_return(label, release_file):
 def limited(label):
     """One at a time: the second of two is blocked (the admin shows what it waits for)."""
     Run.objects.create(label=label, pid=os.getpid())
+    return label
+
+
+@task(delivery="exactly_once")
+def swallow_a_failed_write(label):
+    """An exactly_once task that catches a failed write without a savepoint, which breaks
+    its transaction on PostgreSQL, and returns as if all were well."""
+    first = Run.objects.create(label=label, pid=os.getpid())
+    with contextlib.suppress(IntegrityError):
+        Run.objects.create(pk=first.pk, label=label, pid=os.getpid())
     return label
