@@ -1,0 +1,655 @@
+"""The measurements on one database, run by ``benchmarks.run`` in a process of its own
+whose ``DATABASE_URL`` names the scratch database (already created, empty).
+
+``python -m benchmarks.measure --out PATH [--quick]`` writes the figures as JSON to PATH
+and reports progress on stderr.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+django.setup()
+
+from django.apps import apps  # noqa: E402 - after django.setup()
+from django.core.management import call_command  # noqa: E402
+from django.core.management.color import no_style  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from benchmarks import ceiling, tasks  # noqa: E402
+from dq.models import ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / ".bench" / "logs"
+
+# Seconds between checks of whether a drain is done. Its end time is read from the jobs'
+# own finished_at, so this only adds to the benchmark's wall time, not to the figures.
+POLL_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single_enqueues: int
+    bulk_enqueues: int
+    bulk_batch: int
+    # (backlog, label, dq_work arguments)
+    drains: tuple[tuple[int, str, tuple[str, ...]], ...]
+    latency_jobs: int
+    history: int
+    waiting: int
+    scale_drain: int
+    claim_calls: int
+    ceiling_seconds: float
+    ceiling_connections: int
+
+
+DEFAULTS = "defaults (1 process x 5 threads)"
+ONE_THREAD = ("--processes 1 --threads 1", ("--processes", "1", "--threads", "1"))
+TWO_BY_TEN = ("--processes 2 --threads 10", ("--processes", "2", "--threads", "10"))
+FULL = Sizes(
+    single_enqueues=2_000,
+    bulk_enqueues=20_000,
+    bulk_batch=1_000,
+    drains=(
+        (5_000, DEFAULTS, ()),
+        (5_000, *ONE_THREAD),
+        (5_000, *TWO_BY_TEN),
+        (50_000, DEFAULTS, ()),
+    ),
+    latency_jobs=300,
+    history=1_000_000,
+    waiting=100_000,
+    scale_drain=3_000,
+    claim_calls=100,
+    ceiling_seconds=2.0,
+    ceiling_connections=8,
+)
+QUICK = Sizes(
+    single_enqueues=300,
+    bulk_enqueues=5_000,
+    bulk_batch=1_000,
+    drains=((2_000, DEFAULTS, ()), (2_000, *TWO_BY_TEN)),
+    latency_jobs=150,
+    history=100_000,
+    waiting=10_000,
+    scale_drain=1_000,
+    claim_calls=50,
+    ceiling_seconds=1.0,
+    ceiling_connections=8,
+)
+
+
+def say(message):
+    print(f"  [{connection.vendor}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the scratch database ------------------------------------------------------------------
+
+
+def migrate():
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE {tasks.PICKUP_TABLE} (number integer PRIMARY KEY, started float)"
+        )
+
+
+def flush():
+    """Empty dq's tables (and the pickup table), as after migrate."""
+    tables = [model._meta.db_table for model in apps.get_app_config("dq").get_models()]
+    tables.append(tasks.PICKUP_TABLE)
+    statements = connection.ops.sql_flush(
+        no_style(), tables, reset_sequences=True, allow_cascade=True
+    )
+    connection.ops.execute_sql_flush(statements)
+    vacuum()
+
+
+def vacuum():
+    """What autovacuum would have done by the time a loaded backlog is worked: on this
+    benchmark's PostgreSQL it may be off, and a fresh table has no statistics."""
+    if connection.vendor == "postgresql":
+        tables = [model._meta.db_table for model in apps.get_app_config("dq").get_models()]
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {', '.join(tables)}")
+
+
+def enqueue_backlog(count, batch=1_000):
+    """``count`` no-op jobs through the bulk API; returns its rate."""
+    began = time.perf_counter()
+    for start in range(0, count, batch):
+        tasks.noop.enqueue_many([((), {})] * min(batch, count - start))
+    return count / (time.perf_counter() - began)
+
+
+def database_facts():
+    facts = {"vendor": connection.vendor}
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+            facts["version"] = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "
+                "'fsync', 'synchronous_commit', 'autovacuum', 'max_connections', 'work_mem')"
+            )
+            facts["settings"] = dict(cursor.fetchall())
+        else:
+            facts["version"] = sqlite3.sqlite_version
+            cursor.execute("PRAGMA journal_mode")
+            facts["settings"] = {"journal_mode": cursor.fetchone()[0]}
+            cursor.execute("PRAGMA synchronous")
+            facts["settings"]["synchronous"] = cursor.fetchone()[0]
+    return facts
+
+
+# -- dq_work as a user runs it -------------------------------------------------------------
+
+
+class DQWork:
+    """``python -m django dq_work ARGS`` in a subprocess, with its output in a log file."""
+
+    def __init__(self, args, label):
+        LOGS.mkdir(parents=True, exist_ok=True)
+        slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
+        self.log_path = LOGS / f"{connection.vendor}-{slug}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.cpu_before = children_cpu()
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "django", "dq_work", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def check_running(self):
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"dq_work exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self):
+        """SIGTERM, as a user's process manager stops it; reaped within 60 s or killed.
+        Returns the CPU seconds its process tree used (the supervisor reaps its children)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                say("dq_work did not stop within 60 s of SIGTERM; killing it")
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return children_cpu() - self.cpu_before
+
+    def drain(self, *, pending, jobs):
+        """Wait while ``pending()``; then its memory and the database server's CPU seconds
+        (on PostgreSQL) so far, while it still runs."""
+        deadline = time.monotonic() + 120 + jobs / 10
+        while pending():
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{jobs:,} jobs were not done in time; see {self.log_path}")
+            time.sleep(POLL_INTERVAL)
+        return {"memory": self.memory(), "database_cpu_s": database_cpu()}
+
+    def memory(self):
+        """Peak and current resident memory (MiB) of each process of its tree, by dq kind."""
+        pids = [self.proc.pid, *children_of(self.proc.pid)]
+        kinds = dict(
+            Process.objects.filter(pid__in=pids, hostname=socket.gethostname()).values_list(
+                "pid", "kind"
+            )
+        )
+        memory = {}
+        for pid in pids:
+            status = proc_status(pid)
+            if status is None:
+                continue
+            kind = kinds.get(pid, "unknown")
+            memory.setdefault(kind, []).append(
+                {"pid": pid, "rss_mib": status["VmRSS"], "peak_rss_mib": status["VmHWM"]}
+            )
+        return memory
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def database_cpu():
+    """CPU seconds of the PostgreSQL server processes of the other sessions on this
+    database (dq_work's), when they run on this machine; None on SQLite or when unknown."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [pid for (pid,) in cursor.fetchall()]
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(parent):
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces; the parent pid follows the state.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def proc_status(pid):
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    values = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = round(int(value.split()[0]) / 1024, 1)
+    return values
+
+
+def wait_for(condition, *, timeout, what, work=None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if work is not None:
+            work.check_running()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(POLL_INTERVAL)
+
+
+def exists(sql, params=()):
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS ({sql})", params)
+        return bool(cursor.fetchone()[0])
+
+
+def unfinished(up_to_job=None):
+    """Whether jobs are still ready or claimed (only those with id <= ``up_to_job``)."""
+    where, params = ("WHERE job_id <= %s", [up_to_job]) if up_to_job else ("", [])
+    return exists(f"SELECT 1 FROM dq_ready_execution {where}", params) or exists(
+        f"SELECT 1 FROM dq_claimed_execution {where}", params
+    )
+
+
+def finish_times(count, *, after):
+    """Epoch seconds at which the 1st, 20%, 80% and ``count``-th jobs that finished after
+    the epoch second ``after`` did so."""
+    after = datetime.fromtimestamp(after, UTC)
+    finished = Job.objects.filter(finished_at__gt=after).order_by("finished_at")
+    marks = {"first": 0, "p20": int(0.2 * count), "p80": int(0.8 * count), "last": count - 1}
+    return {
+        name: finished.values_list("finished_at", flat=True)[index].timestamp()
+        for name, index in marks.items()
+    }
+
+
+def rates(count, began, times):
+    """From-start and steady-state rates of ``count`` jobs, from their finish times."""
+    steady_jobs = int(0.8 * count) - int(0.2 * count)
+    return {
+        "jobs": count,
+        "seconds": times["last"] - began,
+        "jobs_per_s": count / (times["last"] - began),
+        "steady_jobs_per_s": steady_jobs / (times["p80"] - times["p20"]),
+        "first_job_after_s": times["first"] - began,
+    }
+
+
+# -- the measurements ----------------------------------------------------------------------
+
+
+def measure_enqueue(sizes):
+    flush()
+    for _ in range(20):  # warm up: connection, imports, statement caches
+        tasks.noop.enqueue()
+    flush()
+    began = time.perf_counter()
+    for _ in range(sizes.single_enqueues):
+        tasks.noop.enqueue()
+    single = sizes.single_enqueues / (time.perf_counter() - began)
+    flush()
+    bulk = enqueue_backlog(sizes.bulk_enqueues, sizes.bulk_batch)
+    flush()
+    say(f"enqueue: {single:,.0f} jobs/s one at a time, {bulk:,.0f} jobs/s in bulk")
+    return {
+        "single": {"jobs": sizes.single_enqueues, "jobs_per_s": single},
+        "bulk": {"jobs": sizes.bulk_enqueues, "batch": sizes.bulk_batch, "jobs_per_s": bulk},
+    }
+
+
+def measure_drain(size, label, args):
+    flush()
+    enqueue_backlog(size)
+    vacuum()
+    work = DQWork(args, f"drain-{size}-{label}")
+    try:
+        seen = work.drain(pending=unfinished, jobs=size)
+    finally:
+        cpu = work.stop()
+    done = Job.objects.filter(status=Job.Status.SUCCESSFUL).count()
+    if done != size:
+        raise RuntimeError(f"drain of {size} jobs ({label}): {done} successful")
+    result = {
+        "setting": label,
+        "args": list(args),
+        **rates(size, work.started, finish_times(size, after=work.started)),
+        **cpu_per_job(cpu, seen["database_cpu_s"], size),
+        "jobs_per_claim": jobs_per_claim(work.started),
+        "memory": seen["memory"],
+    }
+    say(
+        f"drain {size:,} ({label}): {result['jobs_per_s']:,.0f} jobs/s from start, "
+        f"{result['steady_jobs_per_s']:,.0f} steady"
+    )
+    return result
+
+
+def jobs_per_claim(after):
+    """Jobs per claim among jobs started after the epoch second ``after``: a claim gives
+    all the jobs it takes one started_at."""
+    started = Job.objects.filter(started_at__gt=datetime.fromtimestamp(after, UTC))
+    return started.count() / max(1, started.values("started_at").distinct().count())
+
+
+def cpu_per_job(dq_work, database, jobs):
+    return {
+        "dq_work_cpu_s": dq_work,
+        "database_cpu_s": database,
+        "dq_work_cpu_ms_per_job": 1000 * dq_work / jobs,
+        "database_cpu_ms_per_job": None if database is None else 1000 * database / jobs,
+    }
+
+
+def measure_latency(count):
+    flush()
+    work = DQWork([], "latency")
+    try:
+        wait_for(
+            lambda: Process.objects.filter(kind=Process.Kind.WORKER).exists(),
+            timeout=60,
+            what="dq_work's worker registering",
+            work=work,
+        )
+        time.sleep(1.0)  # let it reach its idle wait (and LISTEN, on PostgreSQL)
+        chance = random.Random(20260509)
+        returned = {}
+        for number in range(count):
+            time.sleep(chance.uniform(0.010, 0.050))
+            tasks.record_start.enqueue(number)
+            returned[number] = time.time()
+        with connection.cursor() as cursor:
+
+            def all_started():
+                cursor.execute(f"SELECT count(*) FROM {tasks.PICKUP_TABLE}")
+                return cursor.fetchone()[0] == count
+
+            wait_for(all_started, timeout=60, what="every latency job starting", work=work)
+            cursor.execute(f"SELECT number, started FROM {tasks.PICKUP_TABLE}")
+            started = dict(cursor.fetchall())
+    finally:
+        work.stop()
+    latencies = sorted(1000 * (started[number] - returned[number]) for number in returned)
+    result = {
+        "jobs": count,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1],
+        "min_ms": latencies[0],
+    }
+    say(
+        f"pickup latency: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms"
+    )
+    return result
+
+
+def percentile(ordered, p):
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def job_columns(status, *, finished):
+    """dq_job's columns, and the values of a no-op job in ``status`` as the database
+    stores them (times are filled in by the loader)."""
+    now = timezone.now()
+    job = Job(
+        task_path=tasks.noop.module_path,
+        queue_name="default",
+        backend="default",
+        status=status,
+        enqueued_at=now,
+    )
+    if finished:
+        job.started_at = job.last_attempted_at = job.finished_at = now
+        job.attempt_count = 1
+        job.record_attempt(worker_id="worker-000000000000", started_at=now, finished_at=now)
+    fields = [field for field in Job._meta.concrete_fields if not field.primary_key]
+    return [
+        (field.column, field.get_db_prep_save(getattr(job, field.attname), connection))
+        for field in fields
+    ]
+
+
+TIME_COLUMNS = ("enqueued_at", "started_at", "last_attempted_at", "finished_at")
+
+
+def insert_jobs(count, *, finished):
+    """Insert ``count`` no-op jobs with SQL: finished ones (successful, spread over the last
+    ``count`` x 50 ms, within dq's default keep_finished of a day) or waiting ones (ready,
+    with their ready rows)."""
+    if not count:
+        return
+    status = Job.Status.SUCCESSFUL if finished else Job.Status.READY
+    columns = job_columns(status, finished=finished)
+    names = ", ".join(name for name, _ in columns)
+    if connection.vendor == "postgresql":
+        # Job n ended n x 50 ms ago: 1,000,000 jobs span about 14 hours.
+        values, params = [], []
+        for name, value in columns:
+            if name in TIME_COLUMNS and value is not None:
+                values.append("now() - g * interval '50 milliseconds'")
+            else:
+                values.append("%s")
+                params.append(value)
+        params.append(count)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO dq_job ({names}) SELECT {', '.join(values)} "
+                f"FROM generate_series(%s, 1, -1) AS g",
+                params,
+            )
+    else:
+        # The same, row by row in batches: SQLite has no generate_series.
+        now = datetime.now(UTC)
+        placeholders = ", ".join("%s" for _ in columns)
+
+        def row(n):
+            at = connection.ops.adapt_datetimefield_value(now - timedelta(milliseconds=50 * n))
+            return [
+                at if name in TIME_COLUMNS and value is not None else value
+                for name, value in columns
+            ]
+
+        for start in range(count, 0, -20_000):
+            rows = [row(n) for n in range(start, max(start - 20_000, 0), -1)]
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO dq_job ({names}) VALUES ({placeholders})", rows)
+    if not finished:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO dq_ready_execution (job_id, queue_name, priority, created_at) "
+                "SELECT id, queue_name, priority, enqueued_at FROM dq_job WHERE status = %s "
+                "ORDER BY id",
+                [Job.Status.READY],
+            )
+
+
+def measure_claims(calls):
+    """In this process, ``calls`` x (claim up to 10 jobs, then finish each)."""
+    process = Process.register(Process.Kind.WORKER, using="default")
+    claims, finishes = [], []
+    try:
+        for _ in range(calls):
+            began = time.perf_counter()
+            jobs = ReadyExecution.claim(("*",), 10, process, using="default")
+            claims.append(time.perf_counter() - began)
+            for job in jobs:
+                began = time.perf_counter()
+                ClaimedExecution.finish(job.claim_id, None, worker_id=process.name, using="default")
+                finishes.append(time.perf_counter() - began)
+    finally:
+        Process.objects.filter(pk=process.pk).delete()
+    claims.sort()
+    finishes.sort()
+    return {
+        "claims": calls,
+        "jobs": len(finishes),
+        "claim_10_ms_p50": 1000 * percentile(claims, 50),
+        "claim_10_ms_mean": 1000 * sum(claims) / len(claims),
+        "finish_ms_p50": 1000 * percentile(finishes, 50),
+        "finish_ms_mean": 1000 * sum(finishes) / len(finishes),
+        "jobs_per_s": len(finishes) / (sum(claims) + sum(finishes)),
+    }
+
+
+def measure_scale(sizes):
+    flush()
+    insert_jobs(sizes.claim_calls * 10 + 10, finished=False)
+    vacuum()
+    empty = measure_claims(sizes.claim_calls)
+    say(
+        f"claim cost, empty table: {empty['claim_10_ms_mean']:.2f} ms per claim of 10, "
+        f"{empty['finish_ms_mean']:.2f} ms per finish"
+    )
+
+    flush()
+    began = time.perf_counter()
+    insert_jobs(sizes.history, finished=True)
+    insert_jobs(sizes.waiting, finished=False)
+    vacuum()
+    loaded = time.perf_counter() - began
+    say(f"loaded {sizes.history:,} finished + {sizes.waiting:,} waiting jobs in {loaded:.1f} s")
+    large = measure_claims(sizes.claim_calls)
+    say(
+        f"claim cost, large table: {large['claim_10_ms_mean']:.2f} ms per claim of 10, "
+        f"{large['finish_ms_mean']:.2f} ms per finish"
+    )
+
+    # Work off the first scale_drain waiting jobs with dq_work's defaults.
+    first = ReadyExecution.objects.order_by("job_id").values_list("job_id", flat=True).first()
+    target = first + sizes.scale_drain - 1
+    work = DQWork([], "scale-drain")
+    try:
+        seen = work.drain(pending=lambda: unfinished(up_to_job=target), jobs=sizes.scale_drain)
+    finally:
+        cpu = work.stop()
+    drain = {
+        "setting": DEFAULTS,
+        **rates(
+            sizes.scale_drain, work.started, finish_times(sizes.scale_drain, after=work.started)
+        ),
+        # dq_work went on past the first scale_drain jobs until it was stopped.
+        **cpu_per_job(
+            cpu,
+            seen["database_cpu_s"],
+            Job.objects.filter(finished_at__gt=datetime.fromtimestamp(work.started, UTC)).count(),
+        ),
+    }
+    say(f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady")
+    return {
+        "history": sizes.history,
+        "waiting": sizes.waiting,
+        "load_seconds": loaded,
+        "claims_empty": empty,
+        "claims_large": large,
+        "drain_large": drain,
+    }
+
+
+def measure_ceiling(sizes):
+    settings = connection.settings_dict
+    if connection.vendor == "postgresql":
+        params = {"dbname": settings["NAME"]}
+        for key, name in (("user", "USER"), ("password", "PASSWORD"), ("host", "HOST")):
+            if settings[name]:
+                params[key] = settings[name]
+        if settings["PORT"]:
+            params["port"] = int(settings["PORT"])
+        database = ceiling.PostgreSQL(params)
+    else:
+        database = ceiling.SQLite(str(settings["NAME"]))
+    result = ceiling.measure(
+        database, seconds=sizes.ceiling_seconds, many=sizes.ceiling_connections
+    )
+    say("ceiling: " + ", ".join(f"{k} {v['jobs_per_s']:,.0f} jobs/s" for k, v in result.items()))
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true")
+    options = parser.parse_args(argv)
+    sizes = QUICK if options.quick else FULL
+    began = time.perf_counter()
+    results = {
+        "database": database_facts(),
+        "sizes": asdict(sizes),
+        "load_before": os.getloadavg(),
+    }
+    migrate()
+    say("ceiling (bare SQL, no dq)")
+    results["ceiling"] = measure_ceiling(sizes)
+    results["enqueue"] = measure_enqueue(sizes)
+    results["drain"] = [measure_drain(size, label, args) for size, label, args in sizes.drains]
+    results["latency"] = measure_latency(sizes.latency_jobs)
+    results["scale"] = measure_scale(sizes)
+    results["load_after"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - began
+    results["python"] = platform.python_version()
+    results["django"] = django.get_version()
+    Path(options.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""dq's benchmark: ``./dev bench [--quick] [--db sqlite|postgresql|both] [--json PATH]``.
+
+For each database it creates a scratch database (PostgreSQL: ``dq_bench`` on the server
+at ``$DQ_BENCH_POSTGRES_URL``, default ``postgres://postgres@127.0.0.1:5432/postgres``;
+SQLite: ``.bench/dq_bench.sqlite3``), runs ``benchmarks.measure`` on it in a process of
+its own, then prints one table of both and writes the figures as JSON. docs/benchmarks.md
+explains the method.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench"
+SCRATCH = "dq_bench"
+DATABASES = ("sqlite", "postgresql")
+
+
+def postgres_server_url():
+    return os.environ.get("DQ_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def prepare_postgresql():
+    """Drop and create the scratch database; returns its URL, or raises OSError with why
+    the server cannot be reached."""
+    import psycopg
+
+    server = postgres_server_url()
+    try:
+        with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
+            admin.execute(f"CREATE DATABASE {SCRATCH}")
+    except psycopg.OperationalError as error:
+        raise OSError(" ".join(str(error).split())) from None
+    return urlsplit(server)._replace(path=f"/{SCRATCH}").geturl()
+
+
+def prepare_sqlite():
+    BENCH.mkdir(exist_ok=True)
+    path = BENCH / f"{SCRATCH}.sqlite3"
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return f"sqlite:///{path}"
+
+
+def measure(database, url, quick):
+    """Run benchmarks.measure on ``url``; its figures."""
+    print(f"==> {database}: {url}", file=sys.stderr, flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".json", dir=BENCH) as out:
+        env = dict(
+            os.environ,
+            DATABASE_URL=url,
+            DJANGO_SETTINGS_MODULE="benchmarks.settings",
+            PYTHONPATH=str(ROOT),
+        )
+        command = [sys.executable, "-m", "benchmarks.measure", "--out", out.name]
+        done = subprocess.run([*command, *(["--quick"] if quick else [])], cwd=ROOT, env=env)
+        if done.returncode:
+            sys.exit(f"dev bench: measuring {database} failed (exit {done.returncode}); see above")
+        return json.loads(Path(out.name).read_text())
+
+
+def git_revision():
+    try:
+        revision = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return revision
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def number(value):
+    return f"{value:,.0f}"
+
+
+def ms(value):
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def table(results):
+    """The figures of each database side by side, as lines of text."""
+    names = list(results["databases"])
+    runs = results["databases"]
+    rows = []
+
+    def section(title):
+        rows.append((title, None))
+
+    def row(label, cell):
+        rows.append((label, {name: cell(runs[name]) for name in names}))
+
+    def drain_of(run, size, label):
+        [drain] = [d for d in run["drain"] if d["jobs"] == size and d["setting"] == label]
+        return drain
+
+    def ceiling_of(run):
+        return max(run["ceiling"]["drain_1"]["jobs_per_s"], run["ceiling"]["drain_8"]["jobs_per_s"])
+
+    sizes = runs[names[0]]["sizes"]
+    drains = [(size, label) for size, label, _ in sizes["drains"]]
+    defaults = drains[0][1]
+
+    section("Enqueue, jobs/s")
+    row(
+        f"  task.enqueue(), one at a time ({sizes['single_enqueues']:,} jobs)",
+        lambda run: number(run["enqueue"]["single"]["jobs_per_s"]),
+    )
+    row(
+        f"  enqueue_many(), {sizes['bulk_batch']:,} a call ({sizes['bulk_enqueues']:,} jobs)",
+        lambda run: number(run["enqueue"]["bulk"]["jobs_per_s"]),
+    )
+
+    section("Drain a backlog of no-op jobs, jobs/s: from start / steady (% of ceiling)")
+    for size, label in drains:
+
+        def drained(run, size=size, label=label):
+            drain = drain_of(run, size, label)
+            share = drain["steady_jobs_per_s"] / ceiling_of(run)
+            return (
+                f"{number(drain['jobs_per_s'])} / {number(drain['steady_jobs_per_s'])} "
+                f"({share:.0%})"
+            )
+
+        row(f"  {size:,} jobs, {label}", drained)
+    smallest = min(size for size, label in drains if label == defaults)
+    row(
+        "  dq_work start to first job done, s",
+        lambda run: f"{drain_of(run, smallest, defaults)['first_job_after_s']:.2f}",
+    )
+
+    section("Per job: CPU ms of dq_work / of the database server; jobs per claim")
+    for size, label in drains:
+
+        def cpu(run, size=size, label=label):
+            drain = drain_of(run, size, label)
+            database = drain["database_cpu_ms_per_job"]
+            database = "-" if database is None else f"{database:.1f}"
+            return (
+                f"{drain['dq_work_cpu_ms_per_job']:.1f} / {database}; {drain['jobs_per_claim']:.1f}"
+            )
+
+        row(f"  {size:,} jobs, {label}", cpu)
+
+    section(f"Pickup latency, idle dq_work, {sizes['latency_jobs']} jobs, ms")
+    row(
+        "  p50 / p95 / p99",
+        lambda run: " / ".join(ms(run["latency"][f"p{p}_ms"]) for p in (50, 95, 99)),
+    )
+
+    section(
+        f"Large history ({sizes['history']:,} finished + {sizes['waiting']:,} waiting jobs): "
+        "empty -> large"
+    )
+
+    def change(key, fmt):
+        def cell(run):
+            scale = run["scale"]
+            return f"{fmt(scale['claims_empty'][key])} -> {fmt(scale['claims_large'][key])}"
+
+        return cell
+
+    row("  claim of up to 10 jobs, ms (mean)", change("claim_10_ms_mean", "{:.2f}".format))
+    row("  finish of one job, ms (mean)", change("finish_ms_mean", "{:.2f}".format))
+    row("  claim + finish in one thread, jobs/s", change("jobs_per_s", number))
+    row(
+        f"  dq_work defaults, steady jobs/s (empty: the {smallest:,}-job drain)",
+        lambda run: (
+            f"{number(drain_of(run, smallest, defaults)['steady_jobs_per_s'])} -> "
+            f"{number(run['scale']['drain_large']['steady_jobs_per_s'])}"
+        ),
+    )
+
+    many = sizes["ceiling_connections"]
+    section("Database ceiling: the bare SQL of a job without dq, jobs/s")
+    for kind, label in (("job", "enqueue + claim + finish"), ("drain", "claim + finish")):
+        for connections in (1, many):
+            row(
+                f"  {label}, {connections} connection{'s' if connections > 1 else ''}",
+                lambda run, key=f"{kind}_{connections}": number(run["ceiling"][key]["jobs_per_s"]),
+            )
+
+    section("Memory, peak RSS in MiB: supervisor / worker / dispatcher")
+    for size, label in drains:
+
+        def memory(run, size=size, label=label):
+            kinds = drain_of(run, size, label)["memory"] or {}
+            return " / ".join(
+                "+".join(f"{p['peak_rss_mib']:.0f}" for p in kinds.get(kind, [])) or "-"
+                for kind in ("supervisor", "worker", "dispatcher")
+            )
+
+        row(f"  {size:,} jobs, {label}", memory)
+
+    width = max(len(label) for label, _ in rows) + 2
+    cells = [
+        max([len(name), *(len(c[name]) for _, c in rows if c is not None)]) + 2 for name in names
+    ]
+    lines = ["".ljust(width) + "".join(n.rjust(w) for n, w in zip(names, cells, strict=True))]
+    for label, values in rows:
+        if values is None:
+            lines.append(label)
+        else:
+            lines.append(
+                label.ljust(width)
+                + "".join(values[n].rjust(w) for n, w in zip(names, cells, strict=True))
+            )
+    return lines
+
+
+def header(results):
+    machine = results["machine"]
+    lines = [
+        f"dq benchmark{' (--quick)' if results['quick'] else ''}, {results['date']}, "
+        f"revision {results['revision']}",
+        f"machine: {machine['cpus']} CPUs, Python {machine['python']}; "
+        f"load average at start {machine['load_before'][0]:.2f}, at end "
+        f"{machine['load_after'][0]:.2f}",
+    ]
+    for name, run in results["databases"].items():
+        database = run["database"]
+        settings = ", ".join(f"{k}={v}" for k, v in database["settings"].items())
+        lines.append(
+            f"{name}: {database['version']} ({settings}); took {run['seconds']:.0f} s, "
+            f"load {run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}"
+        )
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="./dev bench",
+        description="dq's benchmark: enqueue, drain, pickup latency, a large history and the "
+        "database's own ceiling, on scratch databases. Method: docs/benchmarks.md.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: about 2 minutes")
+    parser.add_argument(
+        "--db",
+        choices=[*DATABASES, "both"],
+        default="both",
+        help="the database(s) to measure (default both)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        default=BENCH / "results.json",
+        help="where to write the figures (default .bench/results.json)",
+    )
+    options = parser.parse_args(argv)
+    BENCH.mkdir(exist_ok=True)
+
+    began = time.monotonic()
+    results = {
+        "quick": options.quick,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "revision": git_revision(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_before": os.getloadavg(),
+        },
+        "databases": {},
+    }
+    wanted = DATABASES if options.db == "both" else (options.db,)
+    for database in wanted:
+        if database == "postgresql":
+            try:
+                url = prepare_postgresql()
+            except OSError as error:
+                message = f"PostgreSQL not reachable at {postgres_server_url()} ({error})"
+                if options.db == "postgresql":
+                    parser.exit(1, f"dev bench: {message}\n")
+                print(f"\n!! {message}: PostgreSQL SKIPPED\n", file=sys.stderr)
+                continue
+        else:
+            url = prepare_sqlite()
+        results["databases"][database] = measure(database, url, options.quick)
+    results["machine"]["load_after"] = os.getloadavg()
+    results["seconds"] = time.monotonic() - began
+
+    options.json.parent.mkdir(parents=True, exist_ok=True)
+    options.json.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print("\n".join(header(results)))
+    print()
+    print("\n".join(table(results)))
+    print(f"\nFigures as JSON: {options.json}; took {results['seconds']:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
