@@ -144,18 +144,18 @@ def database_facts():
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SHOW server_version")
-            facts["version"] = cursor.fetchone()[0]
-            cursor.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "
-                "'fsync', 'synchronous_commit', 'autovacuum', 'max_connections', 'work_mem')"
-            )
-            facts["settings"] = dict(cursor.fetchall())
+            facts["version"] = cursor.fetchone()[0].split()[0]
+            facts["settings"] = {}
+            for name in ("shared_buffers", "fsync", "synchronous_commit", "autovacuum"):
+                cursor.execute(f"SHOW {name}")
+                facts["settings"][name] = cursor.fetchone()[0]
         else:
             facts["version"] = sqlite3.sqlite_version
             cursor.execute("PRAGMA journal_mode")
             facts["settings"] = {"journal_mode": cursor.fetchone()[0]}
             cursor.execute("PRAGMA synchronous")
-            facts["settings"]["synchronous"] = cursor.fetchone()[0]
+            level = cursor.fetchone()[0]
+            facts["settings"]["synchronous"] = {0: "off", 1: "normal", 2: "full"}.get(level, level)
     return facts
 
 
@@ -594,6 +594,7 @@ def measure_scale(sizes):
             seen["database_cpu_s"],
             Job.objects.filter(finished_at__gt=datetime.fromtimestamp(work.started, UTC)).count(),
         ),
+        "jobs_per_claim": jobs_per_claim(work.started),
     }
     say(f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady")
     return {

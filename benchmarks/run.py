@@ -208,7 +208,7 @@ def table(results):
 
         row(f"  {size:,} jobs, {label}", memory)
 
-    width = max(len(label) for label, _ in rows) + 2
+    width = max(len(label) for label, values in rows if values is not None) + 2
     cells = [
         max([len(name), *(len(c[name]) for _, c in rows if c is not None)]) + 2 for name in names
     ]
@@ -228,8 +228,9 @@ def header(results):
     machine = results["machine"]
     lines = [
         f"dq benchmark{' (--quick)' if results['quick'] else ''}, {results['date']}, "
-        f"revision {results['revision']}",
-        f"machine: {machine['cpus']} CPUs, Python {machine['python']}; "
+        f"revision {results['revision']}, {results['seconds'] / 60:.1f} minutes",
+        f"machine: {machine['cpus']} CPUs, Python {machine['python']}, Django "
+        f"{next(iter(results['databases'].values()), {}).get('django', '?')}; "
         f"load average at start {machine['load_before'][0]:.2f}, at end "
         f"{machine['load_after'][0]:.2f}",
     ]
@@ -263,7 +264,16 @@ def main(argv=None):
         default=BENCH / "results.json",
         help="where to write the figures (default .bench/results.json)",
     )
+    parser.add_argument(
+        "--show",
+        type=Path,
+        metavar="PATH",
+        help="measure nothing: print the table of figures written earlier to PATH",
+    )
     options = parser.parse_args(argv)
+    if options.show:
+        report(json.loads(options.show.read_text()))
+        return
     BENCH.mkdir(exist_ok=True)
 
     began = time.monotonic()
@@ -299,10 +309,14 @@ def main(argv=None):
     options.json.parent.mkdir(parents=True, exist_ok=True)
     options.json.write_text(json.dumps(results, indent=2) + "\n")
     print()
+    report(results)
+    print(f"\nFigures as JSON: {options.json}; took {results['seconds']:.0f} s.")
+
+
+def report(results):
     print("\n".join(header(results)))
     print()
     print("\n".join(table(results)))
-    print(f"\nFigures as JSON: {options.json}; took {results['seconds']:.0f} s.")
 
 
 if __name__ == "__main__":
