@@ -303,11 +303,12 @@ def test_two_supervisors_enqueue_a_recurring_run_once(dq_work):
     now = timezone.now()
     run_at = (now + timedelta(seconds=2)).replace(second=0, microsecond=0) + timedelta(minutes=1)
 
-    execution = wait_until(
+    execution = wait_logged(
+        works,
         lambda: RecurringExecution.objects.filter(
             task_key="every-minute", run_at=run_at, job__isnull=False
         ).first(),
-        timeout=(run_at - now).total_seconds() + 15,
+        timeout=(run_at - now).total_seconds() + 45,
         message=f"the run at {run_at} was never enqueued",
     )
     wait_until(lambda: Run.objects.filter(label="tick").exists(), message="the run never ran")

@@ -5,6 +5,10 @@ Each vendor module provides:
 - ``DEFAULT_POLLING_INTERVAL``: how often an idle worker polls (seconds);
 - ``claim_statement(selector)``: (sql, params) of one statement that claims
   ready jobs, or None to use the ORM path in ``ReadyExecution.claim``;
+- ``FINISH_STATEMENT``: one statement that records successful runs (parameters
+  claim_ids, return_values as JSON text, worker_id, now; rows: ``claim_id`` then
+  every column of the job), or None to use the ORM path in
+  ``ClaimedExecution.finish_many``;
 - ``notify_ready(connection, queues)``: wake idle workers when the current
   transaction commits (a no-op where the database cannot);
 - ``session_id(alias)``, ``terminate_session(alias, session)``: the database

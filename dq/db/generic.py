@@ -10,6 +10,8 @@ DEFAULT_POLLING_INTERVAL = 0.1
 
 Listener = None
 
+FINISH_STATEMENT = None
+
 
 def claim_statement(selector):
     return None

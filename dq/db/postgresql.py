@@ -1,4 +1,4 @@
-"""PostgreSQL: one-statement claims with SKIP LOCKED, and LISTEN/NOTIFY wake-ups."""
+"""PostgreSQL: one-statement claims with SKIP LOCKED and finishes, LISTEN/NOTIFY wake-ups."""
 
 from django.db import connections
 
@@ -48,6 +48,34 @@ def claim_statement(selector):
         prefix = selector[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return _CLAIM.format(where="r.queue_name LIKE %(queue)s"), {"queue": prefix + "%"}
     return _CLAIM.format(where="r.queue_name = %(queue)s"), {"queue": selector}
+
+
+# Successful runs of one worker, ended in one statement: each claim is deleted, and its job
+# records the attempt (started when claimed), its return value and its end; a job that
+# keeps no unique key after it ends (unique_for) gives it up. Claims already gone (taken
+# over) match nothing.
+FINISH_STATEMENT = """
+WITH ended AS (
+    DELETE FROM dq_claimed_execution c
+    USING unnest(%(claim_ids)s::bigint[], %(return_values)s::text[]) AS v(claim_id, return_value)
+    WHERE c.id = v.claim_id
+    RETURNING v.claim_id, v.return_value, c.job_id, c.claimed_at
+)
+UPDATE dq_job j
+SET status = 'successful',
+    finished_at = %(now)s,
+    return_value = ended.return_value::jsonb,
+    attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+        'worker_id', %(worker_id)s::text,
+        'started_at', ended.claimed_at,
+        'finished_at', %(now)s::timestamptz,
+        'error', NULL
+    )),
+    unique_key = CASE WHEN j.unique_for IS NULL THEN NULL ELSE j.unique_key END
+FROM ended
+WHERE j.id = ended.job_id
+RETURNING ended.claim_id, j.*
+"""
 
 
 def database_now(connection):

@@ -1,7 +1,10 @@
+import json
+
 from django.db import models, transaction
 from django.utils import timezone
 
 from .. import conf
+from .. import db as vendor
 from .job import Job, exception_path
 from .process import Process
 
@@ -44,21 +47,56 @@ class ClaimedExecution(models.Model):
     @classmethod
     def finish(cls, claim_id, return_value, *, worker_id, using):
         """Record a successful run. Returns the job, or None if the claim was taken over."""
+        return cls.finish_many({claim_id: return_value}, worker_id=worker_id, using=using)[claim_id]
+
+    @classmethod
+    def finish_many(cls, return_values, *, worker_id, using):
+        """Record successful runs of one worker together, in a few statements whatever
+        their number. ``return_values`` maps claim ids to what each run returned.
+
+        Returns ``{claim_id: job}``, the job None where its claim was taken over.
+        """
+        now = timezone.now()
+        statement = vendor.for_alias(using).FINISH_STATEMENT
         with transaction.atomic(using=using):
-            claim = cls._relock(claim_id, using)
-            if claim is None:
-                return None
-            job, now = claim.job, timezone.now()
+            if statement is not None:
+                jobs = Job.objects.db_manager(using).raw(
+                    statement,
+                    {
+                        "claim_ids": list(return_values),
+                        "return_values": [
+                            None if value is None else json.dumps(value)
+                            for value in return_values.values()
+                        ],
+                        "worker_id": worker_id,
+                        "now": now,
+                    },
+                )
+                ended = {job.claim_id: job for job in jobs}
+            else:
+                ended = cls._finish_with_orm(return_values, worker_id, now, using)
+            for job in ended.values():
+                job.release_slot(using=using)
+        return {claim_id: ended.get(claim_id) for claim_id in return_values}
+
+    @classmethod
+    def _finish_with_orm(cls, return_values, worker_id, now, using):
+        claims = list(
+            cls.objects.using(using)
+            .select_for_update(of=("self", "job"))
+            .select_related("job")
+            .filter(pk__in=list(return_values))
+            .order_by("pk")
+        )
+        for claim in claims:
+            job = claim.job
             job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
-            job.status, job.finished_at, job.return_value = Job.Status.SUCCESSFUL, now, return_value
+            job.status, job.finished_at = Job.Status.SUCCESSFUL, now
+            job.return_value = return_values[claim.pk]
             job.end_uniqueness()
-            job.save(
-                using=using,
-                update_fields=["status", "finished_at", "return_value", "attempts", "unique_key"],
-            )
-            claim.delete(using=using)
-            job.release_slot(using=using)
-        return job
+            job.save(using=using, update_fields=Job.FINISH_FIELDS)
+        cls.objects.using(using).filter(pk__in=[claim.pk for claim in claims]).delete()
+        return {claim.pk: claim.job for claim in claims}
 
     @classmethod
     def fail(cls, claim_id, error, *, worker_id, using):

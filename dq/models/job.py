@@ -176,6 +176,9 @@ class Job(models.Model):
             ("cancel_job", "Can cancel jobs"),
         ]
 
+    # What finishing a run writes.
+    FINISH_FIELDS = ["status", "finished_at", "return_value", "attempts", "unique_key"]
+
     def __str__(self):
         return f"{self.task_path} #{self.pk}"
 

@@ -77,6 +77,9 @@ class Role:
         self.stopping = None  # None, "graceful" or "immediate"
         self.wakeup = Wakeup()
         self._heartbeat_stopped = threading.Event()
+        # Database errors this process has met: when it grows, connections kept open by
+        # other threads may have been cut too (a database restart cuts them all).
+        self.database_errors = 0
 
     @property
     def name(self):
@@ -102,6 +105,7 @@ class Role:
                     delay, failures = self.poll(), 0
                 except DatabaseError:
                     failures += 1
+                    self.database_errors += 1
                     delay = database_retry_delay(failures)
                     logger.exception("%s: database error; retrying in %.1fs", self.name, delay)
                     connections[self.database].close()
@@ -174,6 +178,7 @@ class Role:
                 try:
                     alive = self.process.heartbeat(using=self.database)
                 except Exception:
+                    self.database_errors += 1
                     logger.exception("%s: heartbeat failed", self.name)
                     connections[self.database].close()
                     continue

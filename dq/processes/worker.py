@@ -1,6 +1,8 @@
 import contextlib
+import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from ..exceptions import ExactlyOnceViolation, JobTimeoutError, ShutdownTimeoutE
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..models.job import describe_error, jsonable, load_task
 from .base import Role, database_retry_delay
+from .batching import GroupCommit
 from .pool import Pool
 
 logger = logging.getLogger("dq")
@@ -90,6 +93,9 @@ class Worker(Role):
         self.listener = None
         self.next_listen_at = 0.0
         self.runs = {}  # claim id -> Run
+        # Successful runs are recorded together with those that end at the same time.
+        self.finishes = GroupCommit(self.finish_batch)
+        self.thread_state = threading.local()
         self.jobs_done = 0
         self.recycling = None  # why this worker is stopping to be replaced
 
@@ -145,6 +151,7 @@ class Worker(Role):
                 with contextlib.suppress(Exception):
                     self.listener.close()
                 self.listener = None
+                self.database_errors += 1
                 return
             if "" in queues or any(serves(self.queues, queue) for queue in queues):
                 return
@@ -190,11 +197,15 @@ class Worker(Role):
 
     def perform(self, job):
         """Run one claimed job in a pool thread and record how it ended."""
-        connection = connections[self.database]
         # The connection this thread kept from its last job may have been cut since (a
-        # database restart): the job must not fail on it.
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
+        # database restart): the job must not fail on it. Checked only after this process
+        # met a database error, so that a healthy run pays no query for it.
+        connection = connections[self.database]
+        errors = self.database_errors
+        if getattr(self.thread_state, "database_errors", 0) != errors:
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            self.thread_state.database_errors = errors
         try:
             self._perform(job)
         except Exception:
@@ -228,11 +239,17 @@ class Worker(Role):
             else:
                 value = self.call(job, task, result)
                 ended = self.record_end(
-                    ClaimedExecution.finish, job.claim_id, value, worker_id=self.name
+                    functools.partial(self.finishes.submit, (job.claim_id, value))
                 )
         except BaseException as error:  # a task's SystemExit must not stop the worker
             ended = self.record_end(
-                ClaimedExecution.fail, job.claim_id, describe_error(error), worker_id=self.name
+                functools.partial(
+                    ClaimedExecution.fail,
+                    job.claim_id,
+                    describe_error(error),
+                    worker_id=self.name,
+                    using=self.database,
+                )
             )
             if ended is not None and ended.status != ended.Status.FAILED:
                 logger.warning(
@@ -284,13 +301,18 @@ class Worker(Role):
                 job.claim_id, value, worker_id=self.name, using=self.database
             )
 
-    def record_end(self, transition, *args, **kwargs):
+    def finish_batch(self, ends):
+        """Record runs that succeeded, ``(claim id, return value)`` pairs, in one transaction."""
+        ended = ClaimedExecution.finish_many(dict(ends), worker_id=self.name, using=self.database)
+        return [ended[claim_id] for claim_id, _ in ends]
+
+    def record_end(self, write):
         """Record how a job ended, retrying on database errors: a job must never stay
         claimed by a live worker that is no longer running it."""
         failures = 0
         while True:
             try:
-                return transition(*args, using=self.database, **kwargs)
+                return write()
             except DatabaseError:
                 failures += 1
                 if self.stopping == "immediate":

@@ -1,0 +1,194 @@
+"""Runs recorded together: finish_many, the worker's group commit, and the statements one
+job costs (pinned here, so that a change that adds one per job fails)."""
+
+import threading
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from dq.exceptions import ProcessExitError
+from dq.models import ClaimedExecution, Job, Semaphore
+from dq.processes.batching import BatchWriteError, GroupCommit
+
+from .conftest import InProcessWorker, wait_until
+from .flow_tasks import per_account, unique_for_a_minute, unique_record
+from .tasks import add, record
+
+pytestmark = pytest.mark.django_db
+
+
+def statements(queries):
+    """The statements captured, without the savepoints of the test's own transaction."""
+    return [
+        query["sql"]
+        for query in queries
+        if not query["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO"))
+    ]
+
+
+def finishing_statements(ended):
+    """Statements finish_many may use for ``ended`` runs: one on PostgreSQL; on other
+    databases a locking read, one update per job and one delete."""
+    return 1 if connection.vendor == "postgresql" else 2 + ended
+
+
+def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_taken_over(
+    worker,
+):
+    plain, valued, unique, keeps_key, taken = (
+        record.enqueue("none"),
+        add.enqueue(2, 3),
+        unique_record.enqueue("u"),
+        unique_for_a_minute.enqueue("kept"),
+        record.enqueue("taken"),
+    )
+    claimed = {int(job.pk): job for job in worker.claim()}
+    assert len(claimed) == 5
+    gone = claimed[int(taken.id)]
+    ClaimedExecution.interrupt(
+        ClaimedExecution.objects.filter(pk=gone.claim_id), ProcessExitError, "x", using="default"
+    )
+    values = {job.claim_id: None for job in claimed.values()}
+    values[claimed[int(valued.id)].claim_id] = {"sum": 5, "parts": [2, 3]}
+
+    with CaptureQueriesContext(connection) as queries:
+        ended = ClaimedExecution.finish_many(values, worker_id="w-1", using="default")
+
+    assert len(statements(queries)) == finishing_statements(4), statements(queries)
+    assert ended[gone.claim_id] is None
+    assert Job.objects.get(pk=gone.pk).status == Job.Status.READY  # interrupted, to run again
+    for job_id in (plain.id, valued.id, unique.id, keeps_key.id):
+        job = Job.objects.get(pk=job_id)
+        assert ended[claimed[job.pk].claim_id].pk == job.pk
+        assert job.status == Job.Status.SUCCESSFUL
+        assert job.finished_at is not None
+        [attempt] = job.attempts
+        assert attempt["worker_id"] == "w-1" and attempt["error"] is None
+        assert attempt["started_at"] is not None and attempt["finished_at"] is not None
+    assert Job.objects.get(pk=valued.id).return_value == {"sum": 5, "parts": [2, 3]}
+    assert Job.objects.get(pk=plain.id).return_value is None
+    assert Job.objects.get(pk=unique.id).unique_key is None  # free for the next one
+    assert Job.objects.get(pk=keeps_key.id).unique_key is not None  # kept for unique_for
+    assert not ClaimedExecution.objects.exclude(job_id=gone.pk).exists()
+
+    result = record.get_result(plain.id)
+    assert result.attempts == 1 and result.finished_at is not None
+    assert unique_record.enqueue("u").id != unique.id
+
+
+def test_finish_many_gives_back_concurrency_slots(worker):
+    per_account.enqueue(account_id=1)
+    per_account.enqueue(account_id=2)
+    jobs = worker.claim()
+    assert Semaphore.objects.get(key="account-1").value == 0
+
+    ClaimedExecution.finish_many(
+        {job.claim_id: None for job in jobs}, worker_id="w", using="default"
+    )
+
+    assert Semaphore.objects.get(key="account-1").value == 1
+    assert Semaphore.objects.get(key="account-2").value == 1
+
+
+def test_a_job_costs_one_claim_share_and_one_finishing_statement(db):
+    """A worker that claims five jobs and runs them one after another: one statement to
+    claim them, then the finishing statements of each; nothing else per job."""
+    for n in range(5):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+
+    with CaptureQueriesContext(connection) as queries:
+        jobs = worker.claim(limit=5)
+        for job in jobs:
+            worker.worker.perform(job)
+
+    assert len(jobs) == 5
+    claims = (
+        1 if connection.vendor == "postgresql" else 6
+    )  # exists, lock, delete, insert, update, read
+    assert len(statements(queries)) == claims + 5 * finishing_statements(1), statements(queries)
+    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 5
+
+
+# --- GroupCommit -------------------------------------------------------------------------
+
+
+def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
+    writing, release = threading.Event(), threading.Event()
+    batches = []
+
+    def write(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            writing.set()
+            release.wait(30)
+        return [item * 10 for item in items]
+
+    group = GroupCommit(write)
+    results = {}
+
+    def submit(item):
+        results[item] = group.submit(item)
+
+    first = threading.Thread(target=submit, args=(1,))
+    first.start()
+    assert writing.wait(30)
+    others = [threading.Thread(target=submit, args=(n,)) for n in (2, 3, 4)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(group._waiting) == 3, message="the others never queued up")
+    release.set()
+    for thread in (first, *others):
+        thread.join(30)
+
+    assert batches[0] == [1]
+    assert sorted(batches[1]) == [2, 3, 4]
+    assert len(batches) == 2
+    assert results == {1: 10, 2: 20, 3: 30, 4: 40}
+
+
+def test_a_failed_batch_fails_each_of_its_items():
+    writing, release = threading.Event(), threading.Event()
+    calls = []
+
+    def write(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            writing.set()
+            release.wait(30)
+            return [None for _ in items]
+        raise ConnectionError("the database went away")
+
+    group = GroupCommit(write)
+    errors = {}
+
+    def submit(item):
+        try:
+            group.submit(item)
+        except Exception as error:
+            errors[item] = error
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    assert writing.wait(30)
+    others = [threading.Thread(target=submit, args=(n,)) for n in ("a", "b")]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(group._waiting) == 2, message="the others never queued up")
+    release.set()
+    for thread in (first, *others):
+        thread.join(30)
+
+    assert "first" not in errors
+    # The thread that wrote the failed batch has the cause; the other one learns of it.
+    assert sorted(type(error).__name__ for error in errors.values()) == [
+        "BatchWriteError",
+        "ConnectionError",
+    ]
+    [follower] = [error for error in errors.values() if isinstance(error, BatchWriteError)]
+    assert "the database went away" in str(follower)
+    # Nothing is left waiting or locked: the next item is written in a batch of its own.
+    with pytest.raises(ConnectionError):
+        group.submit("later")
+    assert calls[-1] == ["later"]
