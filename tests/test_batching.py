@@ -1,14 +1,17 @@
-"""Runs recorded together: finish_many, the worker's group commit, and the statements one
-job costs (pinned here, so that a change that adds one per job fails)."""
+"""Work done in few statements: enqueues, runs recorded together (finish_many, the
+worker's group commit), and the statements one job costs, pinned here so that a change
+that adds one per job fails."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from dq.exceptions import ProcessExitError
-from dq.models import ClaimedExecution, Job, Semaphore
+from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
 from dq.processes.batching import BatchWriteError, GroupCommit
 
 from .conftest import InProcessWorker, wait_until
@@ -33,6 +36,36 @@ def finishing_statements(ended):
     return 1 if connection.vendor == "postgresql" else 2 + ended
 
 
+def test_an_enqueue_is_one_statement_on_postgresql_however_many_jobs(db):
+    later = timezone.now() + timedelta(hours=1)
+    with CaptureQueriesContext(connection) as one:
+        single = add.enqueue(1, 2)
+    with CaptureQueriesContext(connection) as bulk:
+        many = add.enqueue_many([((n, n), {}) for n in range(50)])
+    with CaptureQueriesContext(connection) as mixed:
+        deferred = add.using(run_after=later).enqueue_many([((1, 1), {}), ((2, 2), {})])
+        on_other = add.using(queue_name="other").enqueue(3, 3)
+
+    if connection.vendor == "postgresql":
+        assert len(statements(one)) == 1, statements(one)
+        assert len(statements(bulk)) == 1, statements(bulk)
+        assert len(statements(mixed)) == 2, statements(mixed)
+    ids = [int(result.id) for result in (single, *many)]
+    assert ids == sorted(ids) and len(set(ids)) == 51
+    for result, n in zip(many, range(50), strict=True):
+        assert Job.objects.get(pk=result.id).args == [n, n]  # each id names its own job
+    assert set(ReadyExecution.objects.values_list("job_id", flat=True)) == {
+        *ids,
+        int(on_other.id),
+    }
+    assert ReadyExecution.objects.get(job_id=on_other.id).queue_name == "other"
+    for result in deferred:
+        execution = ScheduledExecution.objects.get(job_id=result.id)
+        assert execution.scheduled_at == later
+        assert Job.objects.get(pk=result.id).status == Job.Status.SCHEDULED
+    assert add.get_result(single.id).status == "READY"
+
+
 def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_taken_over(
     worker,
 ):
@@ -49,11 +82,14 @@ def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_ta
     ClaimedExecution.interrupt(
         ClaimedExecution.objects.filter(pk=gone.claim_id), ProcessExitError, "x", using="default"
     )
-    values = {job.claim_id: None for job in claimed.values()}
-    values[claimed[int(valued.id)].claim_id] = {"sum": 5, "parts": [2, 3]}
+    for job in claimed.values():
+        job.return_value = None
+    claimed[int(valued.id)].return_value = {"sum": 5, "parts": [2, 3]}
 
     with CaptureQueriesContext(connection) as queries:
-        ended = ClaimedExecution.finish_many(values, worker_id="w-1", using="default")
+        ended = ClaimedExecution.finish_many(
+            list(claimed.values()), worker_id="w-1", using="default"
+        )
 
     assert len(statements(queries)) == finishing_statements(4), statements(queries)
     assert ended[gone.claim_id] is None
@@ -83,9 +119,7 @@ def test_finish_many_gives_back_concurrency_slots(worker):
     jobs = worker.claim()
     assert Semaphore.objects.get(key="account-1").value == 0
 
-    ClaimedExecution.finish_many(
-        {job.claim_id: None for job in jobs}, worker_id="w", using="default"
-    )
+    ClaimedExecution.finish_many(jobs, worker_id="w", using="default")
 
     assert Semaphore.objects.get(key="account-1").value == 1
     assert Semaphore.objects.get(key="account-2").value == 1

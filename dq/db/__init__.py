@@ -9,6 +9,9 @@ Each vendor module provides:
   claim_ids, return_values as JSON text, worker_id, now; rows: ``claim_id`` then
   every column of the job), or None to use the ORM path in
   ``ClaimedExecution.finish_many``;
+- ``enqueue_statement(insert_sql, insert_params, *, now, ready_queues)`` or None:
+  wraps Django's INSERT of jobs into one statement that also places them (see
+  ``Job.enqueue``); None to insert and place them with the ORM;
 - ``notify_ready(connection, queues)``: wake idle workers when the current
   transaction commits (a no-op where the database cannot);
 - ``session_id(alias)``, ``terminate_session(alias, session)``: the database
@@ -18,7 +21,9 @@ Each vendor module provides:
   worker waits on, and whose ``drain()`` returns the queues notified.
 """
 
-from django.db import connections
+import contextlib
+
+from django.db import connections, transaction
 
 from . import generic, postgresql
 
@@ -35,3 +40,12 @@ def database_now(alias):
 
 def notify_ready(alias, queues):
     for_alias(alias).notify_ready(connections[alias], queues)
+
+
+def one_statement(alias):
+    """The transaction for work that is one statement: in autocommit mode the statement is
+    its own transaction, which spares the round trips of BEGIN and COMMIT; inside an
+    atomic block (or without autocommit) it joins the transaction there is."""
+    if connections[alias].get_autocommit():
+        return contextlib.nullcontext()
+    return transaction.atomic(using=alias, savepoint=False)

@@ -12,6 +12,8 @@ Listener = None
 
 FINISH_STATEMENT = None
 
+enqueue_statement = None
+
 
 def claim_statement(selector):
     return None

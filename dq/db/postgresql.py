@@ -78,18 +78,44 @@ RETURNING ended.claim_id, j.*
 """
 
 
+def enqueue_statement(insert_sql, insert_params, *, now, ready_queues):
+    """Wrap ``insert_sql``, Django's INSERT of jobs (RETURNING id, status, queue_name,
+    priority, scheduled_at), into one statement that also creates their ready or scheduled
+    rows and, if any is ready, wakes the workers of ``ready_queues``.
+
+    Rows: the new jobs' ids, in the order they were given.
+    """
+    notify, notify_params = "", []
+    if ready_queues:
+        notify = "LEFT JOIN (SELECT pg_notify(%s, %s)) AS notified ON TRUE"
+        notify_params = [CHANNEL, _payload(ready_queues)]
+    sql = f"""
+WITH job AS ({insert_sql}), ready AS (
+    INSERT INTO dq_ready_execution (job_id, queue_name, priority, created_at)
+    SELECT id, queue_name, priority, %s FROM job WHERE status = 'ready'
+), scheduled AS (
+    INSERT INTO dq_scheduled_execution (job_id, queue_name, priority, scheduled_at)
+    SELECT id, queue_name, priority, scheduled_at FROM job WHERE status = 'scheduled'
+)
+SELECT job.id FROM job {notify} ORDER BY job.id
+"""
+    return sql, [*insert_params, now, *notify_params]
+
+
 def database_now(connection):
     with connection.cursor() as cursor:
         cursor.execute("SELECT CURRENT_TIMESTAMP")
         return cursor.fetchone()[0]
 
 
-def notify_ready(connection, queues):
+def _payload(queues):
     payload = ",".join(sorted(queues))
-    if len(payload) > _MAX_PAYLOAD:
-        payload = ""
+    return "" if len(payload) > _MAX_PAYLOAD else payload
+
+
+def notify_ready(connection, queues):
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, _payload(queues)])
 
 
 def session_id(alias):

@@ -47,36 +47,49 @@ class ClaimedExecution(models.Model):
     @classmethod
     def finish(cls, claim_id, return_value, *, worker_id, using):
         """Record a successful run. Returns the job, or None if the claim was taken over."""
-        return cls.finish_many({claim_id: return_value}, worker_id=worker_id, using=using)[claim_id]
+        with transaction.atomic(using=using):
+            return cls._finish({claim_id: return_value}, worker_id, using)[claim_id]
 
     @classmethod
-    def finish_many(cls, return_values, *, worker_id, using):
+    def finish_many(cls, jobs, *, worker_id, using):
         """Record successful runs of one worker together, in a few statements whatever
-        their number. ``return_values`` maps claim ids to what each run returned.
+        their number: ``jobs`` are claimed jobs (``claim_id`` set), each with the
+        ``return_value`` of its run.
 
         Returns ``{claim_id: job}``, the job None where its claim was taken over.
         """
+        return_values = {job.claim_id: job.return_value for job in jobs}
+        if vendor.for_alias(using).FINISH_STATEMENT is None or any(
+            job.concurrency_key for job in jobs
+        ):
+            # More than one statement: ending the claims, and giving their slots back.
+            with transaction.atomic(using=using):
+                return cls._finish(return_values, worker_id, using)
+        with vendor.one_statement(using):
+            return cls._finish(return_values, worker_id, using)
+
+    @classmethod
+    def _finish(cls, return_values, worker_id, using):
         now = timezone.now()
         statement = vendor.for_alias(using).FINISH_STATEMENT
-        with transaction.atomic(using=using):
-            if statement is not None:
-                jobs = Job.objects.db_manager(using).raw(
-                    statement,
-                    {
-                        "claim_ids": list(return_values),
-                        "return_values": [
-                            None if value is None else json.dumps(value)
-                            for value in return_values.values()
-                        ],
-                        "worker_id": worker_id,
-                        "now": now,
-                    },
-                )
-                ended = {job.claim_id: job for job in jobs}
-            else:
-                ended = cls._finish_with_orm(return_values, worker_id, now, using)
-            for job in ended.values():
-                job.release_slot(using=using)
+        if statement is not None:
+            jobs = Job.objects.db_manager(using).raw(
+                statement,
+                {
+                    "claim_ids": list(return_values),
+                    "return_values": [
+                        None if value is None else json.dumps(value)
+                        for value in return_values.values()
+                    ],
+                    "worker_id": worker_id,
+                    "now": now,
+                },
+            )
+            ended = {job.claim_id: job for job in jobs}
+        else:
+            ended = cls._finish_with_orm(return_values, worker_id, now, using)
+        for job in ended.values():
+            job.release_slot(using=using)
         return {claim_id: ended.get(claim_id) for claim_id in return_values}
 
     @classmethod

@@ -3,7 +3,8 @@ import logging
 from datetime import timedelta
 from traceback import format_exception
 
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models.sql import InsertQuery
 from django.tasks import Task
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -176,6 +177,8 @@ class Job(models.Model):
             ("cancel_job", "Can cancel jobs"),
         ]
 
+    # What placing a new job in its execution table reads (vendor.enqueue_statement).
+    PLACED_BY = ["id", "status", "queue_name", "priority", "scheduled_at"]
     # What finishing a run writes.
     FINISH_FIELDS = ["status", "finished_at", "return_value", "attempts", "unique_key"]
 
@@ -380,6 +383,11 @@ class Job(models.Model):
             job.enqueued_at = now
             due = job.scheduled_at is None or job.scheduled_at <= now
             job.status = cls.Status.READY if due else cls.Status.SCHEDULED
+        if not any(job.unique_key or job.concurrency_key for job in jobs):
+            statement = vendor.for_alias(using).enqueue_statement
+            if statement is not None:
+                cls._insert_placed(jobs, statement, now, using)
+                return jobs
         with transaction.atomic(using=using, savepoint=False):
             if any(job.unique_key for job in jobs):
                 return [cls._enqueue_unique(job, now, using) for job in jobs]
@@ -390,6 +398,24 @@ class Job(models.Model):
                 cls.objects.using(using).bulk_create(jobs)
             cls.place(jobs, using=using, slots_taken=True)
         return jobs
+
+    @classmethod
+    def _insert_placed(cls, jobs, statement, now, using):
+        """Insert jobs that need no slot and no unique key, with their execution rows, in
+        one statement: Django's own INSERT, wrapped by the vendor's ``statement``."""
+        query = InsertQuery(cls)
+        query.insert_values([f for f in cls._meta.concrete_fields if not f.primary_key], jobs)
+        compiler = query.get_compiler(using=using)
+        compiler.returning_fields = [cls._meta.get_field(name) for name in cls.PLACED_BY]
+        [(insert_sql, insert_params)] = compiler.as_sql()
+        ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
+        sql, params = statement(insert_sql, insert_params, now=now, ready_queues=ready_queues)
+        with vendor.one_statement(using), connections[using].cursor() as cursor:
+            cursor.execute(sql, params)
+            ids = [pk for (pk,) in cursor.fetchall()]
+        for job, pk in zip(jobs, ids, strict=True):
+            job.pk = pk
+            job._state.adding, job._state.db = False, using
 
     @classmethod
     def _enqueue_unique(cls, job, now, using):

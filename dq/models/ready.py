@@ -47,7 +47,7 @@ class ReadyExecution(models.Model):
         if statement is not None:
             sql, params = statement
             params.update(limit=limit, process_id=process.pk, now=now)
-            with transaction.atomic(using=using):
+            with vendor.one_statement(using):
                 return list(Job.objects.db_manager(using).raw(sql, params))
         return cls._claim_with_orm(selector, limit, process, using, now)
 

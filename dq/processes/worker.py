@@ -237,10 +237,8 @@ class Worker(Role):
             if job.delivery == Job.Delivery.EXACTLY_ONCE:
                 ended = self.run_exactly_once(job, task, result)
             else:
-                value = self.call(job, task, result)
-                ended = self.record_end(
-                    functools.partial(self.finishes.submit, (job.claim_id, value))
-                )
+                job.return_value = self.call(job, task, result)
+                ended = self.record_end(functools.partial(self.finishes.submit, job))
         except BaseException as error:  # a task's SystemExit must not stop the worker
             ended = self.record_end(
                 functools.partial(
@@ -301,10 +299,10 @@ class Worker(Role):
                 job.claim_id, value, worker_id=self.name, using=self.database
             )
 
-    def finish_batch(self, ends):
-        """Record runs that succeeded, ``(claim id, return value)`` pairs, in one transaction."""
-        ended = ClaimedExecution.finish_many(dict(ends), worker_id=self.name, using=self.database)
-        return [ended[claim_id] for claim_id, _ in ends]
+    def finish_batch(self, jobs):
+        """Record runs that succeeded (each job's ``return_value`` set) in one transaction."""
+        ended = ClaimedExecution.finish_many(jobs, worker_id=self.name, using=self.database)
+        return [ended[job.claim_id] for job in jobs]
 
     def record_end(self, write):
         """Record how a job ended, retrying on database errors: a job must never stay
