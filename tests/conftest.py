@@ -178,8 +178,19 @@ class InProcessWorker:
             jobs = self.claim(limit=1)
             if not jobs:
                 return done
-            self.worker.perform(jobs[0])
-            done.append(jobs[0])
+            job = jobs[0]
+            while job is not None:  # and the jobs each end claims for this thread
+                done.append(job)
+                job = self.worker.perform(job)
+        return done
+
+    def perform(self, job):
+        """Run a claimed job, then any job its end claimed for this thread, as a pool thread
+        does. Returns the jobs run."""
+        done = []
+        while job is not None:
+            done.append(job)
+            job = self.worker.perform(job)
         return done
 
 

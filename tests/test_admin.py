@@ -395,7 +395,7 @@ def test_run_now_on_a_blocked_job_makes_it_ready_over_its_limit(operator, worker
     for still_blocked in (True, False):
         [job] = worker.claim(limit=1)
         assert job.pk in {int(running.id), int(blocked.id)}
-        worker.worker.perform(job)
+        worker.perform(job)
         assert (job_of(waiting).status == Job.Status.BLOCKED) is still_blocked
 
 

@@ -135,7 +135,7 @@ def test_a_job_costs_one_claim_share_and_one_finishing_statement(db):
     with CaptureQueriesContext(connection) as queries:
         jobs = worker.claim(limit=5)
         for job in jobs:
-            worker.worker.perform(job)
+            worker.perform(job)
 
     assert len(jobs) == 5
     claims = (
@@ -226,3 +226,36 @@ def test_a_failed_batch_fails_each_of_its_items():
     with pytest.raises(ConnectionError):
         group.submit("later")
     assert calls[-1] == ["later"]
+
+
+def test_a_thread_claims_its_next_job_in_the_statement_that_ends_its_last(db):
+    for n in range(4):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+
+    with CaptureQueriesContext(connection) as queries:
+        done = worker.perform(first)
+
+    successful = Job.objects.filter(status=Job.Status.SUCCESSFUL).count()
+    if connection.vendor == "postgresql":
+        # Each end claims the next job; the fourth finds none left.
+        assert len(done) == 4 and successful == 4
+        assert len(statements(queries)) == 4, statements(queries)
+        assert not ClaimedExecution.objects.exists()
+    else:
+        # No statement does both: the thread goes idle and the worker's loop claims.
+        assert len(done) == 1 and successful == 1
+        assert ReadyExecution.objects.count() == 3
+
+
+def test_a_stopping_worker_claims_nothing_as_runs_end(db):
+    add.enqueue(1, 1)
+    add.enqueue(2, 2)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+    worker.worker.stopping = "graceful"
+
+    assert worker.perform(first) == [first]
+    assert ReadyExecution.objects.count() == 1
+    assert not ClaimedExecution.objects.exists()

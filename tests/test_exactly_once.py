@@ -60,6 +60,6 @@ def test_a_run_whose_claim_was_taken_over_commits_nothing(worker):
     result = record_exactly_once.enqueue("stale")
     [job] = worker.claim()
     ClaimedExecution.objects.filter(pk=job.claim_id).delete()
-    worker.worker.perform(job)
+    worker.perform(job)
     assert not Run.objects.filter(label="stale").exists()
     assert Job.objects.get(pk=int(result.id)).status == Job.Status.RUNNING

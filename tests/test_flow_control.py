@@ -94,7 +94,7 @@ def claim_only(worker, result):
 
 
 def run_claimed(worker, job):
-    worker.worker.perform(job)
+    worker.perform(job)
 
 
 def make_due(result):
@@ -949,7 +949,7 @@ def test_a_cancelled_running_job_that_raises_is_not_retried(worker):
     result = always_boom.enqueue()
     [job] = worker.claim()
     default_task_backend.cancel(result.id)
-    worker.worker.perform(job)
+    worker.perform(job)
     assert job_of(result).status == Job.Status.FAILED
     assert job_of(result).attempt_count == 1  # always_boom allows 3
 

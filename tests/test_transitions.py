@@ -127,7 +127,7 @@ def test_finish_and_fail_of_a_claim_taken_over_do_nothing(db):
     assert job.return_value is None
     assert len(job.attempts) == 1  # the interruption only
 
-    second.worker.perform(current)
+    second.perform(current)
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == "taken over"
@@ -142,11 +142,11 @@ def test_a_stale_worker_that_runs_the_job_anyway_drops_its_outcome(db):
     interrupt(stale)
     [current] = second.claim()
 
-    first.worker.perform(stale)  # the task body runs, its outcome is dropped
+    first.perform(stale)  # the task body runs, its outcome is dropped
 
     assert claimed_by(current) == second.process.pk
     assert Job.objects.get(pk=current.pk).status == Job.Status.RUNNING
-    second.worker.perform(current)
+    second.perform(current)
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.worker_ids == [first.process.name, second.process.name]

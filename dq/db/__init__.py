@@ -9,6 +9,8 @@ Each vendor module provides:
   claim_ids, return_values as JSON text, worker_id, now; rows: ``claim_id`` then
   every column of the job), or None to use the ORM path in
   ``ClaimedExecution.finish_many``;
+- ``finish_and_claim_statement(selector)`` or None: (sql, params) of one statement
+  that does both (``ClaimedExecution.finish_and_claim``);
 - ``enqueue_statement(insert_sql, insert_params, *, now, ready_queues)`` or None:
   wraps Django's INSERT of jobs into one statement that also places them (see
   ``Job.enqueue``); None to insert and place them with the ORM;

@@ -33,3 +33,6 @@ def terminate_session(alias, session):
 
 def database_now(connection):
     return timezone.now()  # an embedded database runs on this host, with this clock
+
+
+finish_and_claim_statement = None

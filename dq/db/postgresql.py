@@ -9,8 +9,10 @@ DEFAULT_POLLING_INTERVAL = 2.0
 CHANNEL = "dq_ready"
 _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes; an empty payload means "any queue".
 
-_CLAIM = """
-WITH picked AS (
+# Claiming: pick ready jobs (SKIP LOCKED: never wait for another claim), move each from
+# ready to claimed, and start its attempt.
+_CLAIM_CTES = """
+picked AS (
     SELECT r.id, r.job_id FROM dq_ready_execution r
     WHERE {where}
       AND NOT EXISTS (SELECT 1 FROM dq_pause p WHERE p.queue_name = r.queue_name)
@@ -24,7 +26,8 @@ WITH picked AS (
     INSERT INTO dq_claimed_execution (job_id, process_id, claimed_at)
     SELECT job_id, %(process_id)s, %(now)s FROM removed
     RETURNING id, job_id
-)
+)"""
+_START = """
 UPDATE dq_job j
 SET status = 'running',
     attempt_count = j.attempt_count + 1,
@@ -32,35 +35,20 @@ SET status = 'running',
     last_attempted_at = %(now)s
 FROM claimed
 WHERE j.id = claimed.job_id
-RETURNING claimed.id AS claim_id, j.*
-"""
+RETURNING claimed.id AS claim_id, j.*"""
 
-
-def claim_statement(selector):
-    """Claim up to %(limit)s ready jobs of the queues ``selector`` names, highest priority first.
-
-    The caller adds the parameters limit, process_id and now.
-    Rows: ``claim_id`` then every column of the job.
-    """
-    if selector == ALL_QUEUES:
-        return _CLAIM.format(where="TRUE"), {}
-    if selector.endswith("*"):
-        prefix = selector[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return _CLAIM.format(where="r.queue_name LIKE %(queue)s"), {"queue": prefix + "%"}
-    return _CLAIM.format(where="r.queue_name = %(queue)s"), {"queue": selector}
-
-
-# Successful runs of one worker, ended in one statement: each claim is deleted, and its job
-# records the attempt (started when claimed), its return value and its end; a job that
-# keeps no unique key after it ends (unique_for) gives it up. Claims already gone (taken
-# over) match nothing.
-FINISH_STATEMENT = """
-WITH ended AS (
+# Finishing successful runs of one worker: each claim is deleted, and its job records the
+# attempt (started when claimed), its return value and its end; a job that keeps no
+# unique key after it ends (no unique_for) gives it up. Claims already gone (taken over)
+# match nothing.
+_FINISH_CTES = """
+ended AS (
     DELETE FROM dq_claimed_execution c
     USING unnest(%(claim_ids)s::bigint[], %(return_values)s::text[]) AS v(claim_id, return_value)
     WHERE c.id = v.claim_id
     RETURNING v.claim_id, v.return_value, c.job_id, c.claimed_at
-)
+)"""
+_END = """
 UPDATE dq_job j
 SET status = 'successful',
     finished_at = %(now)s,
@@ -74,8 +62,45 @@ SET status = 'successful',
     unique_key = CASE WHEN j.unique_for IS NULL THEN NULL ELSE j.unique_key END
 FROM ended
 WHERE j.id = ended.job_id
-RETURNING ended.claim_id, j.*
-"""
+RETURNING ended.claim_id, j.*"""
+
+
+def _where(selector):
+    """The claim's condition on the queue, and its parameters."""
+    if selector == ALL_QUEUES:
+        return "TRUE", {}
+    if selector.endswith("*"):
+        prefix = selector[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "r.queue_name LIKE %(queue)s", {"queue": prefix + "%"}
+    return "r.queue_name = %(queue)s", {"queue": selector}
+
+
+def claim_statement(selector):
+    """Claim up to %(limit)s ready jobs of the queues ``selector`` names, highest priority first.
+
+    The caller adds the parameters limit, process_id and now.
+    Rows: ``claim_id`` then every column of the job.
+    """
+    where, params = _where(selector)
+    return f"WITH {_CLAIM_CTES.format(where=where)}{_START}", params
+
+
+# Successful runs of one worker, ended in one statement. Parameters: claim_ids,
+# return_values (JSON text, or NULL), worker_id, now. Rows: ``claim_id`` then every
+# column of the job.
+FINISH_STATEMENT = f"WITH {_FINISH_CTES}{_END}"
+
+
+def finish_and_claim_statement(selector):
+    """What FINISH_STATEMENT does and what ``claim_statement(selector)`` does, in one
+    statement. Rows: those of both, the finished jobs with the claim ids given, the
+    claimed ones with new claim ids."""
+    where, params = _where(selector)
+    return (
+        f"WITH {_FINISH_CTES}, finished AS ({_END}), {_CLAIM_CTES.format(where=where)}, "
+        f"started AS ({_START})\nSELECT * FROM finished UNION ALL SELECT * FROM started",
+        params,
+    )
 
 
 def enqueue_statement(insert_sql, insert_params, *, now, ready_queues):

@@ -69,25 +69,51 @@ class ClaimedExecution(models.Model):
             return cls._finish(return_values, worker_id, using)
 
     @classmethod
+    def finish_and_claim(cls, jobs, *, selector, limit, process, using):
+        """``finish_many`` for ``process``'s runs ``jobs`` and, in the same statement, a
+        claim of up to ``limit`` ready jobs of the queues ``selector`` names for the threads
+        those runs free. Where that cannot be one statement (the database has none, or the
+        runs hold concurrency slots to give back) it only finishes them.
+
+        Returns ``({claim_id: job}, [claimed jobs])``, as finish_many and claim do.
+        """
+        make_statement = vendor.for_alias(using).finish_and_claim_statement
+        if make_statement is None or not limit or any(job.concurrency_key for job in jobs):
+            return cls.finish_many(jobs, worker_id=process.name, using=using), []
+        return_values = {job.claim_id: job.return_value for job in jobs}
+        sql, params = make_statement(selector)
+        params.update(
+            cls._finish_parameters(return_values, process.name),
+            limit=limit,
+            process_id=process.pk,
+        )
+        with vendor.one_statement(using):
+            rows = list(Job.objects.db_manager(using).raw(sql, params))
+        ended = {job.claim_id: job for job in rows if job.claim_id in return_values}
+        claimed = [job for job in rows if job.claim_id not in return_values]
+        return {claim_id: ended.get(claim_id) for claim_id in return_values}, claimed
+
+    @staticmethod
+    def _finish_parameters(return_values, worker_id):
+        return {
+            "claim_ids": list(return_values),
+            "return_values": [
+                None if value is None else json.dumps(value) for value in return_values.values()
+            ],
+            "worker_id": worker_id,
+            "now": timezone.now(),
+        }
+
+    @classmethod
     def _finish(cls, return_values, worker_id, using):
-        now = timezone.now()
         statement = vendor.for_alias(using).FINISH_STATEMENT
         if statement is not None:
             jobs = Job.objects.db_manager(using).raw(
-                statement,
-                {
-                    "claim_ids": list(return_values),
-                    "return_values": [
-                        None if value is None else json.dumps(value)
-                        for value in return_values.values()
-                    ],
-                    "worker_id": worker_id,
-                    "now": now,
-                },
+                statement, cls._finish_parameters(return_values, worker_id)
             )
             ended = {job.claim_id: job for job in jobs}
         else:
-            ended = cls._finish_with_orm(return_values, worker_id, now, using)
+            ended = cls._finish_with_orm(return_values, worker_id, timezone.now(), using)
         for job in ended.values():
             job.release_slot(using=using)
         return {claim_id: ended.get(claim_id) for claim_id in return_values}

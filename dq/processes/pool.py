@@ -31,7 +31,8 @@ class Pool:
 
     def _run(self, run, job):
         try:
-            run(job)
+            while job is not None:  # run(job) returns the job this thread runs next, if any
+                job = run(job)
         finally:
             with self._lock:
                 self._busy -= 1

@@ -127,16 +127,20 @@ class Worker(Role):
         jobs = []
         if idle:
             jobs = ReadyExecution.claim(self.queues, idle, self.process, using=self.database)
-        now = time.monotonic()
         for job in jobs:
-            deadline = now + job.timeout if job.timeout else None
-            self.runs[job.claim_id] = Run(job=job, deadline=deadline)
+            self.track(job)
             self.pool.submit(self.perform, job)
+        now = time.monotonic()
         delay = 0 if idle and len(jobs) == idle else self.polling_interval
         deadlines = [
             run.deadline for run in self.runs.values() if run.deadline and not run.timed_out
         ]
         return min([delay, *(deadline - now for deadline in deadlines)])
+
+    def track(self, job):
+        """Note a claimed job as running here, with the deadline of its timeout."""
+        deadline = time.monotonic() + job.timeout if job.timeout else None
+        self.runs[job.claim_id] = Run(job=job, deadline=deadline)
 
     def wait(self, timeout):
         """Wait for a free thread, a signal, or a notification about a queue this worker serves."""
@@ -196,7 +200,9 @@ class Worker(Role):
             self.stop("graceful")
 
     def perform(self, job):
-        """Run one claimed job in a pool thread and record how it ended."""
+        """Run one claimed job in a pool thread and record how it ended. Returns the job
+        this thread runs next, claimed in the statement that recorded this one's end, or
+        None."""
         # The connection this thread kept from its last job may have been cut since (a
         # database restart): the job must not fail on it. Checked only after this process
         # met a database error, so that a healthy run pays no query for it.
@@ -206,8 +212,9 @@ class Worker(Role):
             if connection.connection is not None and not connection.is_usable():
                 connection.close()
             self.thread_state.database_errors = errors
+        next_job = None
         try:
-            self._perform(job)
+            next_job = self._perform(job)
         except Exception:
             logger.exception("%s: could not record the end of job %s", self.name, job.pk)
         finally:
@@ -217,6 +224,21 @@ class Worker(Role):
                 connection.close()
             self.jobs_done += 1
             self.check_recycling()
+        if next_job is not None:
+            self.track(next_job)
+        return next_job
+
+    def claims_next(self, finishing):
+        """Whether the threads of ``finishing`` runs take new jobs as those runs' ends are
+        recorded (else they go idle, and the main loop claims for idle threads)."""
+        max_jobs, max_memory = self.worker_config.max_jobs, self.worker_config.max_memory
+        return (
+            self.stopping is None
+            and len(self.queues) == 1  # one claim statement serves one queue selector
+            # Not past a recycling limit: the worker is about to be replaced.
+            and not (max_jobs and self.jobs_done + finishing >= max_jobs)
+            and not (max_memory and resident_memory_mib() > max_memory)
+        )
 
     def check_recycling(self):
         limit_jobs, limit_memory = self.worker_config.max_jobs, self.worker_config.max_memory
@@ -226,7 +248,7 @@ class Worker(Role):
             self.recycle(f"uses {memory:.0f} MiB (max_memory {limit_memory})")
 
     def _perform(self, job):
-        task = backend = None
+        task = backend = next_job = None
         started = time.monotonic()
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
@@ -238,7 +260,9 @@ class Worker(Role):
                 ended = self.run_exactly_once(job, task, result)
             else:
                 job.return_value = self.call(job, task, result)
-                ended = self.record_end(functools.partial(self.finishes.submit, job))
+                ended, next_job = self.record_end(
+                    functools.partial(self.finishes.submit, (job, self.claims_next(1)))
+                )
         except BaseException as error:  # a task's SystemExit must not stop the worker
             ended = self.record_end(
                 functools.partial(
@@ -259,7 +283,7 @@ class Worker(Role):
                     error,
                     ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
                 )
-                return
+                return next_job
         if ended is None:
             logger.warning(
                 "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
@@ -271,6 +295,7 @@ class Worker(Role):
             task_finished.send(type(backend), task_result=backend.to_result(ended, task))
         else:
             logger.error("%s: job %s failed: %s", self.name, job.pk, ended.errors[-1]["message"])
+        return next_job
 
     def call(self, job, task, result):
         if task.takes_context:
@@ -299,10 +324,20 @@ class Worker(Role):
                 job.claim_id, value, worker_id=self.name, using=self.database
             )
 
-    def finish_batch(self, jobs):
-        """Record runs that succeeded (each job's ``return_value`` set) in one transaction."""
-        ended = ClaimedExecution.finish_many(jobs, worker_id=self.name, using=self.database)
-        return [ended[job.claim_id] for job in jobs]
+    def finish_batch(self, items):
+        """Record runs that succeeded (each job's ``return_value`` set) in one transaction
+        and, in the same statement, claim a job for each of their threads that asks for one.
+        Items are ``(job, wants_next)``; returns ``(ended job or None, next job or None)``
+        for each."""
+        jobs = [job for job, _ in items]
+        wanted = sum(wants for _, wants in items) if self.stopping is None else 0
+        ended, claimed = ClaimedExecution.finish_and_claim(
+            jobs, selector=self.queues[0], limit=wanted, process=self.process, using=self.database
+        )
+        claimed = iter(claimed)
+        return [
+            (ended[job.claim_id], next(claimed, None) if wants else None) for job, wants in items
+        ]
 
     def record_end(self, write):
         """Record how a job ended, retrying on database errors: a job must never stay
