@@ -12,6 +12,7 @@ class BatchWriteError(DatabaseError):
 @dataclass(slots=True)
 class _Entry:
     item: Any
+    taken: bool = False  # by the thread writing its batch
     done: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -21,40 +22,57 @@ class GroupCommit:
     """Write what several threads hand in at about the same time in one call, as a
     database commits concurrent transactions together.
 
-    ``write(items)`` returns one result per item, in order. A thread that finds no write
-    under way writes every item waiting, its own included; threads that arrive meanwhile
-    wait for it, then find theirs written or write the next batch. ``submit`` returns once
-    the item's own batch is written, so a caller never goes on before its write is done.
+    ``write(items)`` returns one result per item, in order. One batch is written at a
+    time (measured: two at once make smaller batches and a slower drain). A thread whose
+    item is waiting when no batch is being written takes every item waiting, its own
+    included, and writes them; a thread whose item another took waits for that write.
+    ``submit`` returns once the item's own batch is written, so a caller never goes on
+    before its write is done.
     """
 
     def __init__(self, write):
         self._write = write
-        self._writing = threading.Lock()  # held by the thread writing a batch
-        self._waiting_lock = threading.Lock()
+        self._writing = False
+        self._changed = threading.Condition()
         self._waiting = []
 
     def submit(self, item):
         entry = _Entry(item)
-        with self._waiting_lock:
+        with self._changed:
             self._waiting.append(entry)
-        wrote = False
-        with self._writing:
-            if not entry.done:
-                wrote = True
-                with self._waiting_lock:
-                    batch, self._waiting = self._waiting, []
-                try:
-                    results = self._write([waiting.item for waiting in batch])
-                except BaseException as error:
-                    for waiting in batch:
-                        waiting.error = error
-                        waiting.done = True
-                else:
-                    for waiting, result in zip(batch, results, strict=True):
-                        waiting.result = result
-                        waiting.done = True
+            while not entry.taken and self._writing:
+                self._changed.wait()
+            wrote = not entry.taken
+            if wrote:
+                batch, self._waiting = self._waiting, []
+                for waiting in batch:
+                    waiting.taken = True
+                self._writing = True
+        if wrote:
+            self._write_batch(batch)
+        with self._changed:
+            while not entry.done:
+                self._changed.wait()
         if entry.error is not None:
             if wrote:
                 raise entry.error
             raise BatchWriteError(f"The batch this item was written in failed: {entry.error}")
         return entry.result
+
+    def _write_batch(self, batch):
+        results, error = None, None
+        try:
+            results = self._write([waiting.item for waiting in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+        except BaseException as failure:
+            error = failure
+        with self._changed:
+            for n, waiting in enumerate(batch):
+                if error is not None:
+                    waiting.error = error
+                else:
+                    waiting.result = results[n]
+                waiting.done = True
+            self._writing = False
+            self._changed.notify_all()
