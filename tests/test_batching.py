@@ -259,3 +259,24 @@ def test_a_stopping_worker_claims_nothing_as_runs_end(db):
     assert worker.perform(first) == [first]
     assert ReadyExecution.objects.count() == 1
     assert not ClaimedExecution.objects.exists()
+
+
+def test_dq_statements_are_prepared_on_postgresql(db):
+    """Planning dq's statements costs about as much as running them: psycopg prepares
+    them once they have run a few times on a connection."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements: PostgreSQL's; SQLite runs the ORM paths")
+    for n in range(8):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+    assert len(worker.perform(first)) == 8
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    assert any('INSERT INTO "dq_job"' in statement for statement in prepared), prepared
+    assert any(
+        "DELETE FROM dq_claimed_execution" in statement and "FOR UPDATE SKIP LOCKED" in statement
+        for statement in prepared
+    ), prepared

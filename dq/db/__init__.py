@@ -14,6 +14,8 @@ Each vendor module provides:
 - ``enqueue_statement(insert_sql, insert_params, *, now, ready_queues)`` or None:
   wraps Django's INSERT of jobs into one statement that also places them (see
   ``Job.enqueue``); None to insert and place them with the ORM;
+- ``cursor(alias)``: the cursor dq runs its own statements with (on PostgreSQL one
+  whose statements psycopg prepares);
 - ``notify_ready(connection, queues)``: wake idle workers when the current
   transaction commits (a no-op where the database cannot);
 - ``session_id(alias)``, ``terminate_session(alias, session)``: the database

@@ -4,6 +4,7 @@ SQLite serialises writers; with ``transaction_mode = IMMEDIATE`` every dq
 transaction takes the write lock at BEGIN, so two claims never interleave.
 """
 
+from django.db import connections
 from django.utils import timezone
 
 DEFAULT_POLLING_INTERVAL = 0.1
@@ -36,3 +37,7 @@ def database_now(connection):
 
 
 finish_and_claim_statement = None
+
+
+def cursor(alias):
+    return connections[alias].cursor()

@@ -1,6 +1,7 @@
 """PostgreSQL: one-statement claims with SKIP LOCKED and finishes, LISTEN/NOTIFY wake-ups."""
 
 from django.db import connections
+from django.db.backends.postgresql.base import ServerBindingCursor
 
 from ..conf import ALL_QUEUES
 
@@ -125,6 +126,37 @@ WITH job AS ({insert_sql}), ready AS (
 SELECT job.id FROM job {notify} ORDER BY job.id
 """
     return sql, [*insert_params, now, *notify_params]
+
+
+# A prepare threshold no statement reaches by being run often: only those run with
+# prepare=True are prepared.
+_NEVER_BY_COUNT = 2**31 - 1
+
+
+class _PreparingCursor(ServerBindingCursor):
+    """Binds parameters on the server and prepares each statement it runs: psycopg keeps
+    the plan on the connection, so a statement run again is not planned again."""
+
+    def execute(self, query, params=None, *, prepare=True, binary=None):
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+
+def cursor(alias):
+    """A Django cursor for dq's claims, ends and enqueues. Planning them costs about as
+    much as running them, so they are prepared, once per connection; unless the project
+    turned prepared statements off with ``OPTIONS["prepare_threshold"] = None`` (as
+    behind a connection pooler that cannot keep them)."""
+    wrapper = connections[alias]
+    wrapper.ensure_connection()
+    options = wrapper.settings_dict["OPTIONS"]
+    if "prepare_threshold" in options and options["prepare_threshold"] is None:
+        return wrapper.cursor()
+    if wrapper.connection.prepare_threshold is None:
+        # Django's default, which turns psycopg's preparing off: on again, for the
+        # statements asked to be prepared (Django's own cursors bind on the client, and
+        # never prepare).
+        wrapper.connection.prepare_threshold = _NEVER_BY_COUNT
+    return wrapper._prepare_cursor(_PreparingCursor(wrapper.connection))
 
 
 def database_now(connection):

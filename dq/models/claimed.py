@@ -88,7 +88,7 @@ class ClaimedExecution(models.Model):
             process_id=process.pk,
         )
         with vendor.one_statement(using):
-            rows = list(Job.objects.db_manager(using).raw(sql, params))
+            rows = Job.run_returning(sql, params, using=using)
         ended = {job.claim_id: job for job in rows if job.claim_id in return_values}
         claimed = [job for job in rows if job.claim_id not in return_values]
         return {claim_id: ended.get(claim_id) for claim_id in return_values}, claimed
@@ -108,8 +108,8 @@ class ClaimedExecution(models.Model):
     def _finish(cls, return_values, worker_id, using):
         statement = vendor.for_alias(using).FINISH_STATEMENT
         if statement is not None:
-            jobs = Job.objects.db_manager(using).raw(
-                statement, cls._finish_parameters(return_values, worker_id)
+            jobs = Job.run_returning(
+                statement, cls._finish_parameters(return_values, worker_id), using=using
             )
             ended = {job.claim_id: job for job in jobs}
         else:

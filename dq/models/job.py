@@ -400,6 +400,29 @@ class Job(models.Model):
         return jobs
 
     @classmethod
+    def run_returning(cls, sql, params, *, using):
+        """Run one of dq's vendor statements whose rows are ``claim_id`` then every column
+        of the job; returns the jobs, each with its ``claim_id``."""
+        connection = connections[using]
+        with vendor.for_alias(using).cursor(using) as cursor:
+            cursor.execute(sql, params)
+            columns = [column.name for column in cursor.description]
+            rows = cursor.fetchall()
+        at = {name: n for n, name in enumerate(columns)}
+        fields = cls._meta.concrete_fields
+        positions = [at[field.column] for field in fields]
+        loaders = [(n, field) for n, field in enumerate(fields) if hasattr(field, "from_db_value")]
+        jobs = []
+        for row in rows:
+            values = [row[position] for position in positions]
+            for n, field in loaders:
+                values[n] = field.from_db_value(values[n], None, connection)
+            job = cls.from_db(using, [field.attname for field in fields], values)
+            job.claim_id = row[at["claim_id"]]
+            jobs.append(job)
+        return jobs
+
+    @classmethod
     def _insert_placed(cls, jobs, statement, now, using):
         """Insert jobs that need no slot and no unique key, with their execution rows, in
         one statement: Django's own INSERT, wrapped by the vendor's ``statement``."""
@@ -410,7 +433,7 @@ class Job(models.Model):
         [(insert_sql, insert_params)] = compiler.as_sql()
         ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
         sql, params = statement(insert_sql, insert_params, now=now, ready_queues=ready_queues)
-        with vendor.one_statement(using), connections[using].cursor() as cursor:
+        with vendor.one_statement(using), vendor.for_alias(using).cursor(using) as cursor:
             cursor.execute(sql, params)
             ids = [pk for (pk,) in cursor.fetchall()]
         for job, pk in zip(jobs, ids, strict=True):

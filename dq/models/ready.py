@@ -48,7 +48,7 @@ class ReadyExecution(models.Model):
             sql, params = statement
             params.update(limit=limit, process_id=process.pk, now=now)
             with vendor.one_statement(using):
-                return list(Job.objects.db_manager(using).raw(sql, params))
+                return Job.run_returning(sql, params, using=using)
         return cls._claim_with_orm(selector, limit, process, using, now)
 
     @classmethod
