@@ -280,3 +280,20 @@ def test_dq_statements_are_prepared_on_postgresql(db):
         "DELETE FROM dq_claimed_execution" in statement and "FOR UPDATE SKIP LOCKED" in statement
         for statement in prepared
     ), prepared
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_project_that_turns_prepared_statements_off_gets_none_from_dq(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements: PostgreSQL's; SQLite runs the ORM paths")
+    monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", None)
+    connection.close()  # a new session, without what earlier tests prepared
+    for n in range(8):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+    assert len(worker.perform(first)) == 8
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (0,)
