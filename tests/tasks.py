@@ -88,6 +88,11 @@ def return_unserialisable():
     return {1, 2}
 
 
+@task
+def return_nul():
+    return {"text": "before\x00after"}
+
+
 def backoff_by_failures(failures):
     """A backoff that tells which failure count it was given: 100 s per failure."""
     return failures * 100

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -16,7 +17,7 @@ from dq.processes.batching import BatchWriteError, GroupCommit
 
 from .conftest import InProcessWorker, wait_until
 from .flow_tasks import per_account, unique_for_a_minute, unique_record
-from .tasks import add, record
+from .tasks import add, record, return_nul
 
 pytestmark = pytest.mark.django_db
 
@@ -297,3 +298,59 @@ def test_a_project_that_turns_prepared_statements_off_gets_none_from_dq(monkeypa
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone() == (0,)
+
+
+def test_a_failing_announcement_does_not_drop_the_job_claimed_with_the_end(db):
+    for n in range(3):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+
+    def broken_receiver(**kwargs):
+        raise RuntimeError("a receiver of task_finished is broken")
+
+    task_finished.connect(broken_receiver)
+    try:
+        done = worker.perform(first)
+    finally:
+        task_finished.disconnect(broken_receiver)
+
+    chained = 3 if connection.vendor == "postgresql" else 1
+    assert len(done) == chained
+    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == chained
+    assert not ClaimedExecution.objects.exists()
+    assert worker.worker.runs == {}
+
+
+def test_a_next_job_is_tracked_from_the_moment_its_claim_commits(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("no statement ends a run and claims on SQLite")
+    add.enqueue(1, 1)
+    add.enqueue(2, 2)
+    worker = InProcessWorker()
+    [first] = worker.claim(limit=1)
+    first.return_value = 2
+
+    [(ended, next_job)] = worker.worker.finish_batch([(first, True)])
+
+    assert ended.status == Job.Status.SUCCESSFUL
+    # Counted by a graceful shutdown and by timeouts before its thread even gets it.
+    assert list(worker.worker.runs) == [next_job.claim_id]
+    assert worker.worker.running_count() == 1
+    worker.perform(next_job)
+    assert worker.worker.runs == {}
+
+
+def test_a_return_value_postgresql_cannot_store_fails_its_job_alone(db):
+    result = return_nul.enqueue()
+    add.enqueue(1, 1)
+    worker = InProcessWorker()
+
+    worker.work_off()
+
+    job = Job.objects.get(pk=result.id)
+    assert job.status == Job.Status.FAILED
+    assert "NUL character" in job.errors[-1]["message"]
+    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 1
+    with pytest.raises(TypeError, match="NUL character"):
+        record.enqueue("a\x00b")

@@ -244,6 +244,33 @@ def test_a_timed_out_at_most_once_job_fails(dq_work, release):
 
 
 @postgresql_only
+def test_a_job_does_not_fail_on_a_connection_cut_while_its_thread_was_idle(dq_work):
+    """The server ends a pool thread's session while it waits for work (as
+    idle_session_timeout or a proxy would); its next job reconnects instead of failing."""
+    dq_work("--threads", "1", options=fast())
+    first = record.enqueue("first")
+    wait_for_status(first, Job.Status.SUCCESSFUL)
+
+    def idle_thread_session():
+        # The pool thread's session: the last statement it ran ended a run.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle' AND query LIKE '%%DELETE FROM dq_claimed_execution%%'"
+                " AND now() - state_change > interval '1.5 seconds'"
+            )
+            return cursor.fetchone()
+
+    [session] = wait_until(idle_thread_session, message="no idle pool-thread session")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [session])
+
+    second = record.enqueue("second")
+    wait_until(lambda: job_of(second).status in (Job.Status.SUCCESSFUL, Job.Status.FAILED))
+    assert job_of(second).status == Job.Status.SUCCESSFUL, job_of(second).errors
+
+
+@postgresql_only
 def test_a_timed_out_exactly_once_job_is_rolled_back_and_runs_again(dq_work, release):
     result = outrun_timeout.using(delivery="exactly_once").enqueue("eo", release.path)
     work = dq_work(options=fast())

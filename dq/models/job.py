@@ -41,6 +41,11 @@ def jsonable(value, what):
 
 
 def _check_keys(value, what):
+    if isinstance(value, str) and "\x00" in value:
+        raise TypeError(
+            f"{what} must be JSON-serializable: a string holds a NUL character (\\x00), "
+            "which PostgreSQL cannot store in JSON."
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -48,6 +53,7 @@ def _check_keys(value, what):
                     f"{what} must be JSON-serializable: dict key {key!r} is not a string "
                     "and would come back as one."
                 )
+            _check_keys(key, what)
             _check_keys(item, what)
     elif isinstance(value, list):
         for item in value:

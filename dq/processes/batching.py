@@ -62,7 +62,7 @@ class GroupCommit:
     def _write_batch(self, batch):
         results, error = None, None
         try:
-            results = self._write([waiting.item for waiting in batch])
+            results = list(self._write([waiting.item for waiting in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
         except BaseException as failure:

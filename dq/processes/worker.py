@@ -24,6 +24,10 @@ logger = logging.getLogger("dq")
 
 # After losing its LISTEN connection, how often a worker tries to open a new one.
 RELISTEN_INTERVAL = 5.0
+# A thread's connection unused for longer than this is checked before its next job: it may
+# have been cut meanwhile (a database restart, idle_session_timeout, a proxy). Jobs that
+# follow one another closely pay no query for the check.
+CHECK_CONNECTION_AFTER = 1.0
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE")
 
 
@@ -37,8 +41,12 @@ def serves(selectors, queue_name):
 
 
 def resident_memory_mib():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident memory, or 0 if it cannot be read (no /proc)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,17 +209,17 @@ class Worker(Role):
 
     def perform(self, job):
         """Run one claimed job in a pool thread and record how it ended. Returns the job
-        this thread runs next, claimed in the statement that recorded this one's end, or
-        None."""
-        # The connection this thread kept from its last job may have been cut since (a
-        # database restart): the job must not fail on it. Checked only after this process
-        # met a database error, so that a healthy run pays no query for it.
+        this thread runs next, claimed (and tracked) in the statement that recorded this
+        one's end, or None."""
+        state = self.thread_state
         connection = connections[self.database]
-        errors = self.database_errors
-        if getattr(self.thread_state, "database_errors", 0) != errors:
-            if connection.connection is not None and not connection.is_usable():
-                connection.close()
-            self.thread_state.database_errors = errors
+        suspect = (
+            getattr(state, "database_errors", 0) != self.database_errors
+            or time.monotonic() - getattr(state, "last_used", 0.0) > CHECK_CONNECTION_AFTER
+        )
+        if suspect and connection.connection is not None and not connection.is_usable():
+            connection.close()
+        state.database_errors = self.database_errors
         next_job = None
         try:
             next_job = self._perform(job)
@@ -222,10 +230,9 @@ class Worker(Role):
             connection = connections[self.database]
             if connection.errors_occurred and not connection.is_usable():
                 connection.close()
+            state.last_used = time.monotonic()
             self.jobs_done += 1
             self.check_recycling()
-        if next_job is not None:
-            self.track(next_job)
         return next_job
 
     def claims_next(self, finishing):
@@ -248,7 +255,7 @@ class Worker(Role):
             self.recycle(f"uses {memory:.0f} MiB (max_memory {limit_memory})")
 
     def _perform(self, job):
-        task = backend = next_job = None
+        task = backend = failure = next_job = None
         started = time.monotonic()
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
@@ -264,6 +271,7 @@ class Worker(Role):
                     functools.partial(self.finishes.submit, (job, self.claims_next(1)))
                 )
         except BaseException as error:  # a task's SystemExit must not stop the worker
+            failure = error
             ended = self.record_end(
                 functools.partial(
                     ClaimedExecution.fail,
@@ -273,29 +281,37 @@ class Worker(Role):
                     using=self.database,
                 )
             )
-            if ended is not None and ended.status != ended.Status.FAILED:
-                logger.warning(
-                    "%s: job %s (%s) attempt %s raised %r; retrying at %s",
-                    self.name,
-                    job.pk,
-                    job.task_path,
-                    ended.attempt_count,
-                    error,
-                    ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
-                )
-                return next_job
+        # The end is committed, and so is the claim of next_job: whatever the announcing
+        # does, next_job is returned to run.
+        try:
+            self.announce(job, ended, task, backend, failure, time.monotonic() - started)
+        except Exception:
+            logger.exception("%s: could not announce the end of job %s", self.name, job.pk)
+        return next_job
+
+    def announce(self, job, ended, task, backend, failure, duration):
+        """Signal and log how a job's run ended, once its end is recorded."""
         if ended is None:
             logger.warning(
                 "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
                 self.name,
                 job.pk,
-                time.monotonic() - started,
+                duration,
+            )
+        elif failure is not None and ended.status != ended.Status.FAILED:
+            logger.warning(
+                "%s: job %s (%s) attempt %s raised %r; retrying at %s",
+                self.name,
+                job.pk,
+                job.task_path,
+                ended.attempt_count,
+                failure,
+                ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
             )
         elif backend is not None:
             task_finished.send(type(backend), task_result=backend.to_result(ended, task))
         else:
             logger.error("%s: job %s failed: %s", self.name, job.pk, ended.errors[-1]["message"])
-        return next_job
 
     def call(self, job, task, result):
         if task.takes_context:
@@ -334,6 +350,8 @@ class Worker(Role):
         ended, claimed = ClaimedExecution.finish_and_claim(
             jobs, selector=self.queues[0], limit=wanted, process=self.process, using=self.database
         )
+        for next_job in claimed:  # running here from the moment its claim is committed
+            self.track(next_job)
         claimed = iter(claimed)
         return [
             (ended[job.claim_id], next(claimed, None) if wants else None) for job, wants in items
@@ -348,6 +366,7 @@ class Worker(Role):
                 return write()
             except DatabaseError:
                 failures += 1
+                self.database_errors += 1  # other threads' connections may be cut too
                 if self.stopping == "immediate":
                     raise
                 delay = database_retry_delay(failures)
