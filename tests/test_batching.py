@@ -2,6 +2,9 @@
 worker's group commit), and the statements one job costs, pinned here so that a change
 that adds one per job fails."""
 
+import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -354,3 +357,21 @@ def test_a_return_value_postgresql_cannot_store_fails_its_job_alone(db):
     assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 1
     with pytest.raises(TypeError, match="NUL character"):
         record.enqueue("a\x00b")
+
+
+def test_a_project_on_sqlite_does_not_need_psycopg(tmp_path):
+    """dq's PostgreSQL module is imported everywhere; what it needs of psycopg is
+    imported on first use, so a SQLite project runs without psycopg installed."""
+    program = (
+        "import sys, django; django.setup(); "
+        "import dq.backend, dq.models, dq.admin, dq.processes.supervisor, "
+        "dq.processes.worker, dq.management.commands.dq_work; "
+        "sys.exit('psycopg' in sys.modules)"
+    )
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    finished = subprocess.run([sys.executable, "-c", program], env=environment, check=False)
+    assert finished.returncode == 0

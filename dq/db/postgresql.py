@@ -1,7 +1,8 @@
 """PostgreSQL: one-statement claims with SKIP LOCKED and finishes, LISTEN/NOTIFY wake-ups."""
 
+import functools
+
 from django.db import connections
-from django.db.backends.postgresql.base import ServerBindingCursor
 
 from ..conf import ALL_QUEUES
 
@@ -133,12 +134,19 @@ SELECT job.id FROM job {notify} ORDER BY job.id
 _NEVER_BY_COUNT = 2**31 - 1
 
 
-class _PreparingCursor(ServerBindingCursor):
-    """Binds parameters on the server and prepares each statement it runs: psycopg keeps
-    the plan on the connection, so a statement run again is not planned again."""
+@functools.cache
+def _preparing_cursor_class():
+    """Imported on first use: a project on SQLite need not have psycopg installed."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
 
-    def execute(self, query, params=None, *, prepare=True, binary=None):
-        return super().execute(query, params, prepare=prepare, binary=binary)
+    class PreparingCursor(ServerBindingCursor):
+        """Binds parameters on the server and prepares each statement it runs: psycopg
+        keeps the plan on the connection, so a statement run again is not planned again."""
+
+        def execute(self, query, params=None, *, prepare=True, binary=None):
+            return super().execute(query, params, prepare=prepare, binary=binary)
+
+    return PreparingCursor
 
 
 def cursor(alias):
@@ -156,7 +164,7 @@ def cursor(alias):
         # statements asked to be prepared (Django's own cursors bind on the client, and
         # never prepare).
         wrapper.connection.prepare_threshold = _NEVER_BY_COUNT
-    return wrapper._prepare_cursor(_PreparingCursor(wrapper.connection))
+    return wrapper._prepare_cursor(_preparing_cursor_class()(wrapper.connection))
 
 
 def database_now(connection):
