@@ -11,8 +11,9 @@ DEFAULT_POLLING_INTERVAL = 0.1
 
 Listener = None
 
+# No statement of these: the ORM paths do their work.
 FINISH_STATEMENT = None
-
+finish_and_claim_statement = None
 enqueue_statement = None
 
 
@@ -34,9 +35,6 @@ def terminate_session(alias, session):
 
 def database_now(connection):
     return timezone.now()  # an embedded database runs on this host, with this clock
-
-
-finish_and_claim_statement = None
 
 
 def cursor(alias):

@@ -36,11 +36,12 @@ def jsonable(value, what):
         json.dumps(normalized, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{what} must be JSON-serializable: {error}") from None
-    _check_keys(normalized, what)
+    _check_storable(normalized, what)
     return normalized
 
 
-def _check_keys(value, what):
+def _check_storable(value, what):
+    """TypeError unless every dict key is a string and no string holds a NUL."""
     if isinstance(value, str) and "\x00" in value:
         raise TypeError(
             f"{what} must be JSON-serializable: a string holds a NUL character (\\x00), "
@@ -53,11 +54,11 @@ def _check_keys(value, what):
                     f"{what} must be JSON-serializable: dict key {key!r} is not a string "
                     "and would come back as one."
                 )
-            _check_keys(key, what)
-            _check_keys(item, what)
+            _check_storable(key, what)
+            _check_storable(item, what)
     elif isinstance(value, list):
         for item in value:
-            _check_keys(item, what)
+            _check_storable(item, what)
 
 
 def exception_path(exception_class):
