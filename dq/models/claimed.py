@@ -70,17 +70,25 @@ class ClaimedExecution(models.Model):
 
     @classmethod
     def finish_and_claim(cls, jobs, *, selector, limit, process, using):
-        """``finish_many`` for ``process``'s runs ``jobs`` and, in the same statement, a
+        """``finish_many`` for ``process``'s runs ``jobs`` and, in the same transaction, a
         claim of up to ``limit`` ready jobs of the queues ``selector`` names for the threads
-        those runs free. Where that cannot be one statement (the database has none, or the
-        runs hold concurrency slots to give back) it only finishes them.
+        those runs free: one statement on PostgreSQL; on other databases the ORM's
+        statements in one transaction (on SQLite, one hold of the write lock). Runs that
+        hold concurrency slots are only finished: giving a slot back may release a
+        blocked job, which the worker's loop then claims in priority order.
 
         Returns ``({claim_id: job}, [claimed jobs])``, as finish_many and claim do.
         """
-        make_statement = vendor.for_alias(using).finish_and_claim_statement
-        if make_statement is None or not limit or any(job.concurrency_key for job in jobs):
-            return cls.finish_many(jobs, worker_id=process.name, using=using), []
+        from .ready import ReadyExecution
+
         return_values = {job.claim_id: job.return_value for job in jobs}
+        make_statement = vendor.for_alias(using).finish_and_claim_statement
+        if not limit or any(job.concurrency_key for job in jobs):
+            return cls.finish_many(jobs, worker_id=process.name, using=using), []
+        if make_statement is None:
+            with transaction.atomic(using=using):
+                ended = cls._finish(return_values, process.name, using)
+                return ended, ReadyExecution.claim((selector,), limit, process, using=using)
         sql, params = make_statement(selector)
         params.update(
             cls._finish_parameters(return_values, process.name),
