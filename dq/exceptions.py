@@ -29,6 +29,11 @@ class ProcessMissingError(JobInterrupted):
     """The job was claimed by a process that no longer exists."""
 
 
+class ClaimLostError(JobInterrupted):
+    """The job's claim committed, but the worker that made it never learned of it (the
+    database's reply was lost with the connection), so nothing ran it."""
+
+
 class TransitionNotAllowed(DQError):
     """A job is not in a state that allows the change asked for."""
 

@@ -371,3 +371,33 @@ def test_a_project_on_sqlite_does_not_need_psycopg(tmp_path):
     }
     finished = subprocess.run([sys.executable, "-c", program], env=environment, check=False)
     assert finished.returncode == 0
+
+
+def test_a_claim_its_worker_never_received_is_released_and_runs_again(db):
+    """A statement that claimed a job committed, but its reply was lost: no thread of the
+    worker runs the job. The worker gives the claim up; a claim a thread runs it keeps."""
+    lost, running = record.enqueue("lost"), record.enqueue("running")
+    worker = InProcessWorker()
+    jobs = {job.pk: job for job in worker.claim(limit=2)}
+    worker.worker.track(jobs[int(running.id)])  # the other was never handed to a thread
+    ClaimedExecution.objects.update(claimed_at=timezone.now() - timedelta(minutes=1))
+
+    worker.worker.release_untracked_claims()
+
+    job = Job.objects.get(pk=lost.id)
+    assert job.status == Job.Status.READY
+    assert job.errors[-1]["exception_class_path"] == "dq.exceptions.ClaimLostError"
+    assert list(ClaimedExecution.objects.values_list("job_id", flat=True)) == [int(running.id)]
+    assert [done.pk for done in worker.work_off()] == [int(lost.id)]
+    assert record.get_result(lost.id).status == "SUCCESSFUL"
+
+
+def test_a_recent_untracked_claim_is_left_alone(db):
+    """A claim is tracked as soon as its statement returns; a young one may be on its way."""
+    record.enqueue("young")
+    worker = InProcessWorker()
+    worker.claim(limit=1)
+
+    worker.worker.release_untracked_claims()
+
+    assert ClaimedExecution.objects.count() == 1

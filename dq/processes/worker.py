@@ -6,14 +6,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import DatabaseError, connections, transaction
 from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
 
 from .. import db as vendor
 from ..conf import ALL_QUEUES
-from ..exceptions import ExactlyOnceViolation, JobTimeoutError, ShutdownTimeoutError
+from ..exceptions import (
+    ClaimLostError,
+    ExactlyOnceViolation,
+    JobTimeoutError,
+    ShutdownTimeoutError,
+)
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..models.job import describe_error, jsonable, load_task
 from .base import Role, database_retry_delay
@@ -28,6 +35,9 @@ RELISTEN_INTERVAL = 5.0
 # have been cut meanwhile (a database restart, idle_session_timeout, a proxy). Jobs that
 # follow one another closely pay no query for the check.
 CHECK_CONNECTION_AFTER = 1.0
+# How often a worker looks for claims of its own that no thread runs (a statement that
+# claimed jobs committed, but its reply was lost), and how old such a claim must be.
+UNTRACKED_CLAIM_AGE = 10.0
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE")
 
 
@@ -105,6 +115,7 @@ class Worker(Role):
         self.finishes = GroupCommit(self.finish_batch)
         self.thread_state = threading.local()
         self.jobs_done = 0
+        self.next_claims_audit = 0.0
         self.recycling = None  # why this worker is stopping to be replaced
 
     def metadata(self):
@@ -129,6 +140,7 @@ class Worker(Role):
         if self.listener is None:
             self.listen()
         self.enforce_timeouts()
+        self.release_untracked_claims()
         if self.stopping is not None:  # recycling: claim nothing, not even the job just timed out
             return 0
         idle = self.pool.idle
@@ -199,6 +211,26 @@ class Worker(Role):
             except DatabaseError:
                 # Its claim is recovered as orphaned once this process has exited.
                 logger.exception("%s: cannot interrupt job %s now", self.name, run.job.pk)
+
+    def release_untracked_claims(self):
+        """Interrupt claims of this process that no thread of it runs: a statement that
+        claimed them committed, but its reply was lost with the connection. Every claim is
+        tracked as soon as its statement returns, so an untracked one this old is lost."""
+        if time.monotonic() < self.next_claims_audit:
+            return
+        self.next_claims_audit = time.monotonic() + UNTRACKED_CLAIM_AGE
+        lost = ClaimedExecution.objects.filter(
+            process=self.process,
+            claimed_at__lt=timezone.now() - timedelta(seconds=UNTRACKED_CLAIM_AGE),
+        ).exclude(pk__in=list(self.runs))
+        released = ClaimedExecution.interrupt(
+            lost,
+            ClaimLostError,
+            f"claimed by {self.name}, which never received the claim",
+            using=self.database,
+        )
+        if released:
+            logger.warning("%s: released %s claim(s) it never received", self.name, released)
 
     def recycle(self, reason):
         """Stop gracefully so that the supervisor starts a fresh worker in this one's place."""
