@@ -154,7 +154,12 @@ def test_a_job_costs_one_claim_share_and_one_finishing_statement(db):
 # --- GroupCommit -------------------------------------------------------------------------
 
 
-def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
+def hand_in_during_a_write(outcome, first, others):
+    """Submit ``first``, then ``others`` while its batch is being written.
+
+    ``outcome(batch_number, items)`` is what writing a batch returns or raises. Returns
+    the group, the batches written and, per item, its result or the exception raised.
+    """
     writing, release = threading.Event(), threading.Event()
     batches = []
 
@@ -163,24 +168,34 @@ def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
         if len(batches) == 1:
             writing.set()
             release.wait(30)
-        return [item * 10 for item in items]
+        return outcome(len(batches), items)
 
     group = GroupCommit(write)
-    results = {}
+    outcomes = {}
 
     def submit(item):
-        results[item] = group.submit(item)
+        try:
+            outcomes[item] = group.submit(item)
+        except Exception as error:
+            outcomes[item] = error
 
-    first = threading.Thread(target=submit, args=(1,))
-    first.start()
+    first_thread = threading.Thread(target=submit, args=(first,))
+    first_thread.start()
     assert writing.wait(30)
-    others = [threading.Thread(target=submit, args=(n,)) for n in (2, 3, 4)]
-    for thread in others:
+    threads = [threading.Thread(target=submit, args=(item,)) for item in others]
+    for thread in threads:
         thread.start()
-    wait_until(lambda: len(group._waiting) == 3, message="the others never queued up")
+    wait_until(lambda: len(group._waiting) == len(others), message="the others never queued up")
     release.set()
-    for thread in (first, *others):
+    for thread in (first_thread, *threads):
         thread.join(30)
+    return group, batches, outcomes
+
+
+def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
+    _, batches, results = hand_in_during_a_write(
+        lambda _, items: [item * 10 for item in items], 1, (2, 3, 4)
+    )
 
     assert batches[0] == [1]
     assert sorted(batches[1]) == [2, 3, 4]
@@ -189,36 +204,13 @@ def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
 
 
 def test_a_failed_batch_fails_each_of_its_items():
-    writing, release = threading.Event(), threading.Event()
-    calls = []
-
-    def write(items):
-        calls.append(list(items))
-        if len(calls) == 1:
-            writing.set()
-            release.wait(30)
+    def outcome(batch_number, items):
+        if batch_number == 1:
             return [None for _ in items]
         raise ConnectionError("the database went away")
 
-    group = GroupCommit(write)
-    errors = {}
-
-    def submit(item):
-        try:
-            group.submit(item)
-        except Exception as error:
-            errors[item] = error
-
-    first = threading.Thread(target=submit, args=("first",))
-    first.start()
-    assert writing.wait(30)
-    others = [threading.Thread(target=submit, args=(n,)) for n in ("a", "b")]
-    for thread in others:
-        thread.start()
-    wait_until(lambda: len(group._waiting) == 2, message="the others never queued up")
-    release.set()
-    for thread in (first, *others):
-        thread.join(30)
+    group, batches, outcomes = hand_in_during_a_write(outcome, "first", ("a", "b"))
+    errors = {item: value for item, value in outcomes.items() if isinstance(value, Exception)}
 
     assert "first" not in errors
     # The thread that wrote the failed batch has the cause; the other one learns of it.
@@ -231,7 +223,7 @@ def test_a_failed_batch_fails_each_of_its_items():
     # Nothing is left waiting or locked: the next item is written in a batch of its own.
     with pytest.raises(ConnectionError):
         group.submit("later")
-    assert calls[-1] == ["later"]
+    assert batches[-1] == ["later"]
 
 
 def test_a_thread_claims_its_next_job_as_its_last_ends(db):

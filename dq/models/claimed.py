@@ -26,14 +26,15 @@ class ClaimedExecution(models.Model):
         return f"job {self.job_id} claimed by process {self.process_id}"
 
     @classmethod
-    def _relock(cls, claim_id, using):
-        """The claim with its job, locked; None if someone else already ended it."""
-        return (
+    def _relock(cls, claim_ids, using):
+        """The claims with their jobs, locked, in id order; those someone else already
+        ended are missing."""
+        return list(
             cls.objects.using(using)
             .select_for_update(of=("self", "job"))
             .select_related("job")
-            .filter(pk=claim_id)
-            .first()
+            .filter(pk__in=claim_ids)
+            .order_by("pk")
         )
 
     @classmethod
@@ -81,10 +82,10 @@ class ClaimedExecution(models.Model):
         """
         from .ready import ReadyExecution
 
-        return_values = {job.claim_id: job.return_value for job in jobs}
-        make_statement = vendor.for_alias(using).finish_and_claim_statement
         if not limit or any(job.concurrency_key for job in jobs):
             return cls.finish_many(jobs, worker_id=process.name, using=using), []
+        return_values = {job.claim_id: job.return_value for job in jobs}
+        make_statement = vendor.for_alias(using).finish_and_claim_statement
         if make_statement is None:
             with transaction.atomic(using=using):
                 ended = cls._finish(return_values, process.name, using)
@@ -128,13 +129,7 @@ class ClaimedExecution(models.Model):
 
     @classmethod
     def _finish_with_orm(cls, return_values, worker_id, now, using):
-        claims = list(
-            cls.objects.using(using)
-            .select_for_update(of=("self", "job"))
-            .select_related("job")
-            .filter(pk__in=list(return_values))
-            .order_by("pk")
-        )
+        claims = cls._relock(list(return_values), using)
         for claim in claims:
             job = claim.job
             job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
@@ -150,9 +145,10 @@ class ClaimedExecution(models.Model):
         """Record a run that raised: retry after the job's backoff while attempts remain,
         else fail the job. Returns the job, or None if the claim was taken over."""
         with transaction.atomic(using=using):
-            claim = cls._relock(claim_id, using)
-            if claim is None:
+            claims = cls._relock([claim_id], using)
+            if not claims:
                 return None
+            claim = claims[0]
             job, now = claim.job, timezone.now()
             job.record_attempt(
                 worker_id=worker_id, started_at=claim.claimed_at, finished_at=now, error=error

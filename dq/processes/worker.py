@@ -267,15 +267,15 @@ class Worker(Role):
             self.check_recycling()
         return next_job
 
-    def claims_next(self, finishing):
-        """Whether the threads of ``finishing`` runs take new jobs as those runs' ends are
-        recorded (else they go idle, and the main loop claims for idle threads)."""
+    def claims_next(self):
+        """Whether a thread whose run is ending takes a new job as the end is recorded
+        (else it goes idle, and the main loop claims for idle threads)."""
         max_jobs, max_memory = self.worker_config.max_jobs, self.worker_config.max_memory
         return (
             self.stopping is None
             and len(self.queues) == 1  # one claim statement serves one queue selector
             # Not past a recycling limit: the worker is about to be replaced.
-            and not (max_jobs and self.jobs_done + finishing >= max_jobs)
+            and not (max_jobs and self.jobs_done + 1 >= max_jobs)
             and not (max_memory and resident_memory_mib() > max_memory)
         )
 
@@ -300,7 +300,7 @@ class Worker(Role):
             else:
                 job.return_value = self.call(job, task, result)
                 ended, next_job = self.record_end(
-                    functools.partial(self.finishes.submit, (job, self.claims_next(1)))
+                    functools.partial(self.finishes.submit, (job, self.claims_next()))
                 )
         except BaseException as error:  # a task's SystemExit must not stop the worker
             failure = error
