@@ -256,6 +256,71 @@ def test_a_stopping_worker_claims_nothing_as_runs_end(db):
     assert not ClaimedExecution.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_enqueue_is_one_statement_text_whatever_its_size():
+    """What the jobs of a bulk enqueue share is sent once and only their arguments as
+    arrays, so 10 jobs and 300 run the same (prepared) statement."""
+    connection.close()  # a new session, without what earlier tests prepared
+    for n in (10, 300):
+        results = record.enqueue_many([((f"{n}-{i}",), {"at": i}) for i in range(n)])
+        stored = dict(
+            Job.objects.filter(pk__in=[r.id for r in results]).values_list("pk", "kwargs")
+        )
+        assert [stored[int(r.id)] for r in results] == [{"at": i} for i in range(n)]
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT parameter_types::text[] FROM pg_prepared_statements "
+                "WHERE statement LIKE %s",
+                ["%INSERT INTO dq_job%"],
+            )
+            [(types,)] = cursor.fetchall()
+        assert [sql_type for sql_type in types if sql_type.endswith("[]")] == ["jsonb[]"] * 2
+
+
+def test_jobs_enqueued_together_keep_their_own_values(db):
+    """Columns the jobs of one insert hold different values in are sent per job, and equal
+    values that JSON tells apart (1 and true) stay apart."""
+    later = timezone.now() + timedelta(hours=1)
+    built = [
+        Job(task_path="tests.tasks.add", queue_name="default", backend="default", args=[1]),
+        Job(task_path="tests.tasks.add", queue_name="other", backend="default", args=[True]),
+        Job(
+            task_path="tests.tasks.record",
+            queue_name="default",
+            backend="default",
+            priority=7,
+            args=[1.0],
+            scheduled_at=later,
+            max_attempts=3,
+        ),
+    ]
+
+    jobs = Job.enqueue(built, using="default")
+
+    stored = {job.pk: job for job in Job.objects.filter(pk__in=[job.pk for job in jobs])}
+    first, second, third = (stored[job.pk] for job in jobs)
+    assert [type(job.args[0]) for job in (first, second, third)] == [int, bool, float]
+    assert (first.queue_name, second.queue_name) == ("default", "other")
+    assert (third.task_path, third.priority, third.max_attempts) == ("tests.tasks.record", 7, 3)
+    assert (third.status, third.scheduled_at) == (Job.Status.SCHEDULED, later)
+    assert ReadyExecution.objects.get(job_id=second.pk).queue_name == "other"
+    assert ScheduledExecution.objects.get(job_id=third.pk).priority == 7
+
+
+def test_copies_of_an_unsaved_job_are_jobs_of_their_own(db):
+    job = Job(task_path="tests.tasks.add", queue_name="default", backend="default")
+    copy = job.copy_with(args=[2, 3])
+
+    [saved] = Job.enqueue([copy], using="default")
+
+    assert saved.pk is not None and job.pk is None and job._state.adding
+    assert Job.objects.get(pk=saved.pk).args == [2, 3]
+    with pytest.raises(ValueError, match="unsaved"):
+        saved.copy_with(args=[])
+
+
 def test_dq_statements_are_prepared_on_postgresql(db):
     """Planning dq's statements costs about as much as running them: psycopg prepares
     them once they have run a few times on a connection."""
@@ -270,7 +335,7 @@ def test_dq_statements_are_prepared_on_postgresql(db):
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [statement for (statement,) in cursor.fetchall()]
-    assert any('INSERT INTO "dq_job"' in statement for statement in prepared), prepared
+    assert any("INSERT INTO dq_job" in statement for statement in prepared), prepared
     assert any(
         "DELETE FROM dq_claimed_execution" in statement and "FOR UPDATE SKIP LOCKED" in statement
         for statement in prepared

@@ -11,9 +11,10 @@ Each vendor module provides:
   ``ClaimedExecution.finish_many``;
 - ``finish_and_claim_statement(selector)`` or None: (sql, params) of one statement
   that does both (``ClaimedExecution.finish_and_claim``);
-- ``enqueue_statement(insert_sql, insert_params, *, now, ready_queues)`` or None:
-  wraps Django's INSERT of jobs into one statement that also places them (see
-  ``Job.enqueue``); None to insert and place them with the ORM;
+- ``enqueue_statement(shared, varying, *, now, ready_queues)`` or None: one
+  statement that inserts jobs (the columns they share as one value each, the others
+  as arrays) and places them (see ``Job._insert_placed``); None to insert and place
+  them with the ORM;
 - ``cursor(alias)``: the cursor dq runs its own statements with (on PostgreSQL one
   whose statements psycopg prepares);
 - ``notify_ready(connection, queues)``: wake idle workers when the current

@@ -105,19 +105,34 @@ def finish_and_claim_statement(selector):
     )
 
 
-def enqueue_statement(insert_sql, insert_params, *, now, ready_queues):
-    """Wrap ``insert_sql``, Django's INSERT of jobs (RETURNING id, status, queue_name,
-    priority, scheduled_at), into one statement that also creates their ready or scheduled
-    rows and, if any is ready, wakes the workers of ``ready_queues``.
+def enqueue_statement(shared, varying, *, now, ready_queues):
+    """One statement that inserts jobs, creates their ready or scheduled rows and, if any is
+    ready, wakes the workers of ``ready_queues``.
 
-    Rows: the new jobs' ids, in the order they were given.
+    ``shared``: ``(column, SQL type, value)`` of the columns every job has the same value
+    in; ``varying``: ``(column, SQL type, values)`` of the others, one value per job (sent
+    as arrays). Rows: the new jobs' ids, in the order of the values given.
     """
+    columns = [column for column, _, _ in shared] + [column for column, _, _ in varying]
+    select = [f"%s::{sql_type}" for _, sql_type, _ in shared]
+    params = [value for _, _, value in shared]
+    source = ""
+    if varying:
+        names = [f"v{n}" for n in range(len(varying))]
+        select += [f"v.{name}" for name in names]
+        arrays = ", ".join(f"%s::{sql_type}[]" for _, sql_type, _ in varying)
+        source = f" FROM unnest({arrays}) WITH ORDINALITY AS v({', '.join(names)}, n) ORDER BY v.n"
+        params += [values for _, _, values in varying]
     notify, notify_params = "", []
     if ready_queues:
         notify = "LEFT JOIN (SELECT pg_notify(%s, %s)) AS notified ON TRUE"
         notify_params = [CHANNEL, _payload(ready_queues)]
     sql = f"""
-WITH job AS ({insert_sql}), ready AS (
+WITH job AS (
+    INSERT INTO dq_job ({", ".join(f'"{column}"' for column in columns)})
+    SELECT {", ".join(select)}{source}
+    RETURNING id, status, queue_name, priority, scheduled_at
+), ready AS (
     INSERT INTO dq_ready_execution (job_id, queue_name, priority, created_at)
     SELECT id, queue_name, priority, %s FROM job WHERE status = 'ready'
 ), scheduled AS (
@@ -126,7 +141,7 @@ WITH job AS ({insert_sql}), ready AS (
 )
 SELECT job.id FROM job {notify} ORDER BY job.id
 """
-    return sql, [*insert_params, now, *notify_params]
+    return sql, [*params, now, *notify_params]
 
 
 # A prepare threshold no statement reaches by being run often: only those run with

@@ -4,7 +4,7 @@ from datetime import timedelta
 from traceback import format_exception
 
 from django.db import IntegrityError, connections, models, transaction
-from django.db.models.sql import InsertQuery
+from django.db.models.base import ModelState
 from django.tasks import Task
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -15,6 +15,9 @@ from ..conf import exponential_backoff
 from ..exceptions import TransitionNotAllowed
 
 logger = logging.getLogger("dq")
+
+# Job._inserted_columns, per database vendor.
+_INSERTED_COLUMNS = {}
 
 
 def load_task(path):
@@ -184,13 +187,21 @@ class Job(models.Model):
             ("cancel_job", "Can cancel jobs"),
         ]
 
-    # What placing a new job in its execution table reads (vendor.enqueue_statement).
-    PLACED_BY = ["id", "status", "queue_name", "priority", "scheduled_at"]
     # What finishing a run writes.
     FINISH_FIELDS = ["status", "finished_at", "return_value", "attempts", "unique_key"]
 
     def __str__(self):
         return f"{self.task_path} #{self.pk}"
+
+    def copy_with(self, **changes):
+        """An unsaved copy of this unsaved job with ``changes`` (field values by attribute
+        name). Its other values are this job's very objects, so a bulk insert sends them
+        once (``_insert_placed``); none of them is changed in place after enqueue."""
+        if not self._state.adding:
+            raise ValueError("Only an unsaved job can be copied.")
+        job = Job.__new__(type(self))
+        job.__dict__ = {**self.__dict__, "_state": ModelState(), **changes}
+        return job
 
     @property
     def failure_count(self):
@@ -430,16 +441,34 @@ class Job(models.Model):
         return jobs
 
     @classmethod
+    def _inserted_columns(cls, connection):
+        """The fields an insert writes, with their SQL types on ``connection``'s database."""
+        if connection.vendor not in _INSERTED_COLUMNS:
+            _INSERTED_COLUMNS[connection.vendor] = [
+                (field, field.cast_db_type(connection))
+                for field in cls._meta.concrete_fields
+                if not field.primary_key
+            ]
+        return _INSERTED_COLUMNS[connection.vendor]
+
+    @classmethod
     def _insert_placed(cls, jobs, statement, now, using):
         """Insert jobs that need no slot and no unique key, with their execution rows, in
-        one statement: Django's own INSERT, wrapped by the vendor's ``statement``."""
-        query = InsertQuery(cls)
-        query.insert_values([f for f in cls._meta.concrete_fields if not f.primary_key], jobs)
-        compiler = query.get_compiler(using=using)
-        compiler.returning_fields = [cls._meta.get_field(name) for name in cls.PLACED_BY]
-        [(insert_sql, insert_params)] = compiler.as_sql()
+        the vendor's one ``statement``. A column is sent once when every job holds the very
+        same value object in it (as jobs built from one task do), else as an array."""
+        connection = connections[using]
+        shared, varying = [], []
+        for field, sql_type in cls._inserted_columns(connection):
+            values = [getattr(job, field.attname) for job in jobs]
+            if all(value is values[0] for value in values):
+                shared.append(
+                    (field.column, sql_type, field.get_db_prep_save(values[0], connection))
+                )
+            else:
+                prepared = [field.get_db_prep_save(value, connection) for value in values]
+                varying.append((field.column, sql_type, prepared))
         ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
-        sql, params = statement(insert_sql, insert_params, now=now, ready_queues=ready_queues)
+        sql, params = statement(shared, varying, now=now, ready_queues=ready_queues)
         with vendor.one_statement(using), vendor.for_alias(using).cursor(using) as cursor:
             cursor.execute(sql, params)
             ids = [pk for (pk,) in cursor.fetchall()]
