@@ -3,6 +3,7 @@ worker's group commit), and the statements one job costs, pinned here so that a 
 that adds one per job fails."""
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from dq.db import postgresql
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
 from dq.processes.batching import BatchWriteError, GroupCommit
@@ -319,6 +321,36 @@ def test_copies_of_an_unsaved_job_are_jobs_of_their_own(db):
     assert Job.objects.get(pk=saved.pk).args == [2, 3]
     with pytest.raises(ValueError, match="unsaved"):
         saved.copy_with(args=[])
+
+
+def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
+    """A prepared statement may run a generic plan, planned without its parameters (after
+    five runs PostgreSQL may choose one; plan_cache_mode can force it). The claim's limit is
+    in its text, so that plan takes the few rows a claim needs by index: with the limit
+    a parameter it planned for a tenth of the table, with hash joins over whole tables."""
+    if connection.vendor != "postgresql":
+        pytest.skip("plans of prepared statements: PostgreSQL's")
+    add.enqueue_many([((n, n), {}) for n in range(3000)])
+    sql, _ = postgresql.claim_statement("*", 3)
+    names = []
+
+    def placeholder(match):
+        names.append(match.group(1))
+        return f"${len(names)}"
+
+    prepared = re.sub(r"%\((\w+)\)s", placeholder, sql)
+    types = {"process_id": "bigint", "now": "timestamptz"}
+    values = {"process_id": "0", "now": "now()"}
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE dq_job, dq_ready_execution, dq_pause")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE dq_claim ({', '.join(types[n] for n in names)}) AS {prepared}")
+        cursor.execute(f"EXPLAIN EXECUTE dq_claim ({', '.join(values[n] for n in names)})")
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+        cursor.execute("DEALLOCATE dq_claim")
+
+    assert "Seq Scan on dq_job" not in plan and "Hash Join" not in plan, plan
+    assert "Index Scan using dq_ready_claim" in plan, plan
 
 
 def test_dq_statements_are_prepared_on_postgresql(db):

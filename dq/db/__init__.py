@@ -3,13 +3,13 @@
 Each vendor module provides:
 
 - ``DEFAULT_POLLING_INTERVAL``: how often an idle worker polls (seconds);
-- ``claim_statement(selector)``: (sql, params) of one statement that claims
-  ready jobs, or None to use the ORM path in ``ReadyExecution.claim``;
+- ``claim_statement(selector, limit)``: (sql, params) of one statement that claims
+  up to ``limit`` ready jobs, or None to use the ORM path in ``ReadyExecution.claim``;
 - ``FINISH_STATEMENT``: one statement that records successful runs (parameters
   claim_ids, return_values as JSON text, worker_id, now; rows: ``claim_id`` then
   every column of the job), or None to use the ORM path in
   ``ClaimedExecution.finish_many``;
-- ``finish_and_claim_statement(selector)`` or None: (sql, params) of one statement
+- ``finish_and_claim_statement(selector, limit)`` or None: (sql, params) of one statement
   that does both (``ClaimedExecution.finish_and_claim``);
 - ``enqueue_statement(shared, varying, *, now, ready_queues)`` or None: one
   statement that inserts jobs (the columns they share as one value each, the others

@@ -17,7 +17,7 @@ finish_and_claim_statement = None
 enqueue_statement = None
 
 
-def claim_statement(selector):
+def claim_statement(selector, limit):
     return None
 
 

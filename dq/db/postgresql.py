@@ -19,7 +19,7 @@ picked AS (
     WHERE {where}
       AND NOT EXISTS (SELECT 1 FROM dq_pause p WHERE p.queue_name = r.queue_name)
     ORDER BY r.priority DESC, r.job_id
-    LIMIT %(limit)s
+    LIMIT {limit:d}
     FOR UPDATE SKIP LOCKED
 ), removed AS (
     DELETE FROM dq_ready_execution r USING picked WHERE r.id = picked.id
@@ -77,14 +77,17 @@ def _where(selector):
     return "r.queue_name = %(queue)s", {"queue": selector}
 
 
-def claim_statement(selector):
-    """Claim up to %(limit)s ready jobs of the queues ``selector`` names, highest priority first.
+def claim_statement(selector, limit):
+    """Claim up to ``limit`` ready jobs of the queues ``selector`` names, highest priority
+    first.
 
-    The caller adds the parameters limit, process_id and now.
-    Rows: ``claim_id`` then every column of the job.
+    The limit is part of the text, not a parameter: a prepared statement is planned once,
+    and with an unknown limit PostgreSQL plans for a tenth of the table (hash joins over
+    whole tables) instead of the few rows a claim takes. The caller adds the parameters
+    process_id and now. Rows: ``claim_id`` then every column of the job.
     """
     where, params = _where(selector)
-    return f"WITH {_CLAIM_CTES.format(where=where)}{_START}", params
+    return f"WITH {_CLAIM_CTES.format(where=where, limit=limit)}{_START}", params
 
 
 # Successful runs of one worker, ended in one statement. Parameters: claim_ids,
@@ -93,13 +96,14 @@ def claim_statement(selector):
 FINISH_STATEMENT = f"WITH {_FINISH_CTES}{_END}"
 
 
-def finish_and_claim_statement(selector):
-    """What FINISH_STATEMENT does and what ``claim_statement(selector)`` does, in one
+def finish_and_claim_statement(selector, limit):
+    """What FINISH_STATEMENT does and what ``claim_statement(selector, limit)`` does, in one
     statement. Rows: those of both, the finished jobs with the claim ids given, the
     claimed ones with new claim ids."""
     where, params = _where(selector)
     return (
-        f"WITH {_FINISH_CTES}, finished AS ({_END}), {_CLAIM_CTES.format(where=where)}, "
+        f"WITH {_FINISH_CTES}, finished AS ({_END}), "
+        f"{_CLAIM_CTES.format(where=where, limit=limit)}, "
         f"started AS ({_START})\nSELECT * FROM finished UNION ALL SELECT * FROM started",
         params,
     )

@@ -90,12 +90,8 @@ class ClaimedExecution(models.Model):
             with transaction.atomic(using=using):
                 ended = cls._finish(return_values, process.name, using)
                 return ended, ReadyExecution.claim((selector,), limit, process, using=using)
-        sql, params = make_statement(selector)
-        params.update(
-            cls._finish_parameters(return_values, process.name),
-            limit=limit,
-            process_id=process.pk,
-        )
+        sql, params = make_statement(selector, limit)
+        params.update(cls._finish_parameters(return_values, process.name), process_id=process.pk)
         with vendor.one_statement(using):
             rows = Job.run_returning(sql, params, using=using)
         ended = {job.claim_id: job for job in rows if job.claim_id in return_values}

@@ -43,10 +43,10 @@ class ReadyExecution(models.Model):
     @classmethod
     def _claim_from(cls, selector, limit, process, using):
         now = timezone.now()
-        statement = vendor.for_alias(using).claim_statement(selector)
+        statement = vendor.for_alias(using).claim_statement(selector, limit)
         if statement is not None:
             sql, params = statement
-            params.update(limit=limit, process_id=process.pk, now=now)
+            params.update(process_id=process.pk, now=now)
             with vendor.one_statement(using):
                 return Job.run_returning(sql, params, using=using)
         return cls._claim_with_orm(selector, limit, process, using, now)
