@@ -198,6 +198,15 @@ def test_a_prefix_selector_treats_like_wildcards_literally(db):
     assert labels(done) == ["a_b", "a%c"]
 
 
+def test_a_prefix_selector_is_case_sensitive(db):
+    for queue in ("Mail", "MAIL-2", "mail-3"):
+        record.using(queue_name=queue).enqueue(queue)
+
+    done = InProcessWorker(queues=("mail*",)).work_off()
+
+    assert labels(done) == ["mail-3"]
+
+
 def test_a_paused_queue_is_not_claimed_until_resumed(worker):
     paused = record.using(queue_name="paused").enqueue("paused")
     other = record.using(queue_name="other").enqueue("other")

@@ -7,14 +7,15 @@ import re
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from dq import db as vendor
 from dq.db import postgresql
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
@@ -36,10 +37,10 @@ def statements(queries):
     ]
 
 
-def finishing_statements(ended):
-    """Statements finish_many may use for ``ended`` runs: one on PostgreSQL; on other
-    databases a locking read, one update per job and one delete."""
-    return 1 if connection.vendor == "postgresql" else 2 + ended
+def finishing_statements():
+    """Statements finish_many uses, however many runs end: one on PostgreSQL; on SQLite
+    two (the claims deleted, then their jobs updated, each with RETURNING)."""
+    return 1 if connection.vendor == "postgresql" else 2
 
 
 def test_an_enqueue_is_one_statement_on_postgresql_however_many_jobs(db):
@@ -97,7 +98,7 @@ def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_ta
             list(claimed.values()), worker_id="w-1", using="default"
         )
 
-    assert len(statements(queries)) == finishing_statements(4), statements(queries)
+    assert len(statements(queries)) == finishing_statements(), statements(queries)
     assert ended[gone.claim_id] is None
     assert Job.objects.get(pk=gone.pk).status == Job.Status.READY  # interrupted, to run again
     for job_id in (plain.id, valued.id, unique.id, keeps_key.id):
@@ -144,13 +145,69 @@ def test_a_job_costs_one_claim_share_and_one_finishing_statement(db):
             worker.perform(job)
 
     assert len(jobs) == 5
-    # On SQLite: exists, lock, delete, insert, update, read.
-    claims = 1 if connection.vendor == "postgresql" else 6
+    # On SQLite: whether any is ready (no write lock), then take the ready rows, insert
+    # the claims, start the jobs.
+    claims = 1 if connection.vendor == "postgresql" else 4
     # Each end also looks for a next job for its thread (in the same statement on
     # PostgreSQL; on SQLite one more, which finds none: all five are claimed).
-    ends = 1 if connection.vendor == "postgresql" else finishing_statements(1) + 1
+    ends = 1 if connection.vendor == "postgresql" else finishing_statements() + 1
     assert len(statements(queries)) == claims + 5 * ends, statements(queries)
     assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 5
+
+
+def ended_through(finish, value):
+    """A job of ``add`` claimed and ended by ``finish(claim_id, value)``, reloaded."""
+    add.enqueue(1, 2)
+    [job] = InProcessWorker().claim(limit=1)
+    finish(job.claim_id, value)
+    return Job.objects.get(pk=job.pk)
+
+
+@pytest.mark.parametrize(
+    "value", [None, 3, 2.5, 'it\'s "quoted" \u00e9', [1, True, None], {"a": {"b": []}}]
+)
+def test_an_end_records_the_same_attempt_and_value_as_the_orm_would(db, value):
+    """On SQLite ends are written by dq's own statements (dq.db.sqlite); the ORM path
+    (older SQLite, other databases) must read back the same."""
+    worker_id = "worker-same"
+
+    def by_statements(claim_id, value):
+        with transaction.atomic():
+            ClaimedExecution._finish({claim_id: value}, worker_id, "default")
+
+    def by_orm(claim_id, value):
+        with transaction.atomic():
+            ClaimedExecution._finish_with_orm(
+                {claim_id: value}, worker_id, timezone.now(), "default"
+            )
+
+    ours, orms = ended_through(by_statements, value), ended_through(by_orm, value)
+
+    for job in (ours, orms):
+        assert job.status == Job.Status.SUCCESSFUL and job.return_value == value
+        [attempt] = job.attempts
+        assert set(attempt) == {"worker_id", "started_at", "finished_at", "error"}
+        assert attempt["worker_id"] == worker_id and attempt["error"] is None
+        started = datetime.fromisoformat(attempt["started_at"])
+        assert started == job.started_at and started.utcoffset() == timedelta(0)
+        assert datetime.fromisoformat(attempt["finished_at"]) == job.finished_at
+    assert not ClaimedExecution.objects.exists()
+
+
+def test_before_sqlite_3_35_claims_and_ends_take_the_orm_paths(db, monkeypatch):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's versions")
+    monkeypatch.setattr(vendor.sqlite3, "sqlite_version_info", (3, 34, 1))
+    assert vendor.for_alias("default") is vendor.generic
+    for n in range(3):
+        add.enqueue(n, n)
+
+    with CaptureQueriesContext(connection) as queries:
+        done = InProcessWorker().work_off()
+
+    assert [job.return_value for job in done] == [0, 2, 4]
+    assert not any("json_each" in statement for statement in statements(queries))
+    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 3
 
 
 # --- GroupCommit -------------------------------------------------------------------------

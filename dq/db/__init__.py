@@ -15,6 +15,10 @@ Each vendor module provides:
   statement that inserts jobs (the columns they share as one value each, the others
   as arrays) and places them (see ``Job._insert_placed``); None to insert and place
   them with the ORM;
+- ``claim_in_transaction(connection, selector, limit, *, process_id, now)`` and
+  ``finish_in_transaction(connection, return_values, *, attempt, now)``, or None:
+  where a claim or an end is several statements, run in the caller's transaction;
+  they return (columns, rows) as the statements above do (``dq.db.sqlite``);
 - ``cursor(alias)``: the cursor dq runs its own statements with (on PostgreSQL one
   whose statements psycopg prepares);
 - ``notify_ready(connection, queues)``: wake idle workers when the current
@@ -27,14 +31,20 @@ Each vendor module provides:
 """
 
 import contextlib
+import sqlite3
 
 from django.db import connections, transaction
 
-from . import generic, postgresql
+from . import generic, postgresql, sqlite
 
 
 def for_alias(alias):
-    return postgresql if connections[alias].vendor == "postgresql" else generic
+    vendor = connections[alias].vendor
+    if vendor == "postgresql":
+        return postgresql
+    if vendor == "sqlite" and sqlite3.sqlite_version_info >= sqlite.MINIMUM_VERSION:
+        return sqlite
+    return generic
 
 
 def database_now(alias):

@@ -1,4 +1,5 @@
-"""Every database without special support: the ORM paths, polling, no notifications.
+"""Every database without special support, and SQLite before 3.35: the ORM paths,
+polling, no notifications.
 
 SQLite serialises writers; with ``transaction_mode = IMMEDIATE`` every dq
 transaction takes the write lock at BEGIN, so two claims never interleave.
@@ -15,6 +16,8 @@ Listener = None
 FINISH_STATEMENT = None
 finish_and_claim_statement = None
 enqueue_statement = None
+claim_in_transaction = None
+finish_in_transaction = None
 
 
 def claim_statement(selector, limit):

@@ -109,6 +109,11 @@ def finish_and_claim_statement(selector, limit):
     )
 
 
+# Claims and ends are one statement each here.
+claim_in_transaction = None
+finish_in_transaction = None
+
+
 def enqueue_statement(shared, varying, *, now, ready_queues):
     """One statement that inserts jobs, creates their ready or scheduled rows and, if any is
     ready, wakes the workers of ``ready_queues``.

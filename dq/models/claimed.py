@@ -1,6 +1,6 @@
 import json
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 
 from .. import conf
@@ -111,12 +111,26 @@ class ClaimedExecution(models.Model):
 
     @classmethod
     def _finish(cls, return_values, worker_id, using):
-        statement = vendor.for_alias(using).FINISH_STATEMENT
-        if statement is not None:
+        database = vendor.for_alias(using)
+        if database.FINISH_STATEMENT is not None:
             jobs = Job.run_returning(
-                statement, cls._finish_parameters(return_values, worker_id), using=using
+                database.FINISH_STATEMENT,
+                cls._finish_parameters(return_values, worker_id),
+                using=using,
             )
             ended = {job.claim_id: job for job in jobs}
+        elif database.finish_in_transaction is not None:
+            now = timezone.now()
+            returned = database.finish_in_transaction(
+                connections[using],
+                {
+                    claim_id: None if value is None else json.dumps(value)
+                    for claim_id, value in return_values.items()
+                },
+                attempt=lambda started_at: Job.attempt(worker_id, started_at, now),
+                now=now,
+            )
+            ended = {job.claim_id: job for job in Job.from_returned(*returned, using=using)}
         else:
             ended = cls._finish_with_orm(return_values, worker_id, timezone.now(), using)
         for job in ended.values():

@@ -217,15 +217,17 @@ class Job(models.Model):
         return [attempt["error"] for attempt in self.attempts if attempt["error"]]
 
     def record_attempt(self, *, worker_id, started_at, finished_at, error=None):
-        self.attempts = [
-            *self.attempts,
-            {
-                "worker_id": worker_id,
-                "started_at": started_at.isoformat() if started_at else None,
-                "finished_at": finished_at.isoformat(),
-                "error": error,
-            },
-        ]
+        self.attempts = [*self.attempts, self.attempt(worker_id, started_at, finished_at, error)]
+
+    @staticmethod
+    def attempt(worker_id, started_at, finished_at, error=None):
+        """One entry of ``attempts``: who ran it, when, and its error (or None)."""
+        return {
+            "worker_id": worker_id,
+            "started_at": started_at.isoformat() if started_at else None,
+            "finished_at": finished_at.isoformat(),
+            "error": error,
+        }
 
     def retry_delay(self):
         """Seconds to wait before retrying after this job's latest failure."""
@@ -421,20 +423,32 @@ class Job(models.Model):
     def run_returning(cls, sql, params, *, using):
         """Run one of dq's vendor statements whose rows are ``claim_id`` then every column
         of the job; returns the jobs, each with its ``claim_id``."""
-        connection = connections[using]
         with vendor.for_alias(using).cursor(using) as cursor:
             cursor.execute(sql, params)
-            columns = [column.name for column in cursor.description]
+            columns = [column[0] for column in cursor.description]
             rows = cursor.fetchall()
+        return cls.from_returned(columns, rows, using=using)
+
+    @classmethod
+    def from_returned(cls, columns, rows, *, using):
+        """Jobs from rows of ``columns``, ``claim_id`` then every column of the job, as
+        the database returned them (converted as Django's queries would)."""
+        connection = connections[using]
         at = {name: n for n, name in enumerate(columns)}
         fields = cls._meta.concrete_fields
-        positions = [at[field.column] for field in fields]
-        loaders = [(n, field) for n, field in enumerate(fields) if hasattr(field, "from_db_value")]
+        positions = [at[field.column] for field in fields] if rows else []
+        converters = []
+        for n, field in enumerate(fields):
+            column = field.get_col(cls._meta.db_table)
+            chain = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+            if chain:
+                converters.append((n, column, chain))
         jobs = []
         for row in rows:
             values = [row[position] for position in positions]
-            for n, field in loaders:
-                values[n] = field.from_db_value(values[n], None, connection)
+            for n, column, chain in converters:
+                for convert in chain:
+                    values[n] = convert(values[n], column, connection)
             job = cls.from_db(using, [field.attname for field in fields], values)
             job.claim_id = row[at["claim_id"]]
             jobs.append(job)

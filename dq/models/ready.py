@@ -1,4 +1,4 @@
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -43,28 +43,47 @@ class ReadyExecution(models.Model):
     @classmethod
     def _claim_from(cls, selector, limit, process, using):
         now = timezone.now()
-        statement = vendor.for_alias(using).claim_statement(selector, limit)
+        database = vendor.for_alias(using)
+        statement = database.claim_statement(selector, limit)
         if statement is not None:
             sql, params = statement
             params.update(process_id=process.pk, now=now)
             with vendor.one_statement(using):
                 return Job.run_returning(sql, params, using=using)
+        if not cls._any_ready(selector, using):
+            return []  # on SQLite an empty poll must not take the write lock
+        if database.claim_in_transaction is not None:
+            with transaction.atomic(using=using):
+                returned = database.claim_in_transaction(
+                    connections[using], selector, limit, process_id=process.pk, now=now
+                )
+            jobs = Job.from_returned(*returned, using=using)
+            return sorted(jobs, key=lambda job: (-job.priority, job.pk))
         return cls._claim_with_orm(selector, limit, process, using, now)
 
     @classmethod
-    def _claim_with_orm(cls, selector, limit, process, using, now):
-        from .claimed import ClaimedExecution
+    def _waiting(cls, selector, using):
+        """The ready rows of the queues ``selector`` names that are not paused."""
         from .pause import Pause
 
         ready = cls.objects.using(using).exclude(
             queue_name__in=Pause.objects.using(using).values("queue_name")
         )
         if selector.endswith("*") and selector != ALL_QUEUES:
-            ready = ready.filter(queue_name__startswith=selector[:-1])
-        elif selector != ALL_QUEUES:
-            ready = ready.filter(queue_name=selector)
-        if not ready.exists():
-            return []  # on SQLite an empty poll must not take the write lock
+            return ready.filter(queue_name__startswith=selector[:-1])
+        if selector != ALL_QUEUES:
+            return ready.filter(queue_name=selector)
+        return ready
+
+    @classmethod
+    def _any_ready(cls, selector, using):
+        return cls._waiting(selector, using).exists()
+
+    @classmethod
+    def _claim_with_orm(cls, selector, limit, process, using, now):
+        from .claimed import ClaimedExecution
+
+        ready = cls._waiting(selector, using)
         with transaction.atomic(using=using):
             picked = list(
                 ready.select_for_update(skip_locked=True)
