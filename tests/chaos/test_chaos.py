@@ -21,7 +21,7 @@ from django.db.models import Count, Sum
 
 from dq.models import Job, Process
 
-from ..conftest import _children_of, wait_until
+from ..conftest import _children_of, pid_alive, wait_until
 from ..models import AtLeastOnceExecution, AtMostOnceExecution, ExactlyOnceExecution
 from ..test_processes import started
 from . import tasks
@@ -70,11 +70,16 @@ class Chaos:
     def live_workers(self):
         rows = Process.objects.filter(supervisor=self.supervisor, kind=Process.Kind.WORKER)
         children = _children_of(self.work.pid)  # never a pid reused by someone else
-        return [row.pid for row in rows if row.pid in children]
+        # A worker killed a moment ago stays a child until its supervisor reaps it.
+        return [row.pid for row in rows if row.pid in children and pid_alive(row.pid)]
 
     def kill_a_worker(self, pids=None):
         pids = pids or wait_until(self.live_workers, message="no live worker to kill")
-        os.kill(self.rng.choice(pids), signal.SIGKILL)
+        pid = self.rng.choice(pids)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # reaped between the listing and the kill
+            return self.kill_a_worker([other for other in pids if other != pid] or None)
         self.worker_kills += 1
 
     def restart_supervisor(self):
