@@ -50,8 +50,8 @@ class ReadyExecution(models.Model):
             params.update(process_id=process.pk, now=now)
             with vendor.one_statement(using):
                 return Job.run_returning(sql, params, using=using)
-        if not cls._any_ready(selector, using):
-            return []  # on SQLite an empty poll must not take the write lock
+        if not connections[using].in_atomic_block and not cls._any_ready(selector, using):
+            return []  # on SQLite an empty poll must not take the write lock (unless held)
         if database.claim_in_transaction is not None:
             with transaction.atomic(using=using):
                 returned = database.claim_in_transaction(
