@@ -11,7 +11,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -198,10 +198,12 @@ def test_an_end_records_the_same_attempt_and_value_as_the_orm_would(db, value):
 @pytest.mark.django_db(transaction=True)
 def test_an_empty_poll_on_sqlite_does_not_wait_for_the_write_lock():
     """Idle workers poll SQLite ten times a second: a poll that finds nothing ready must
-    not queue for the lock every writer needs."""
+    not queue for the lock every writer needs (a job of a queue that differs only in case
+    from the worker's prefix is not its)."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's write lock")
-    worker = InProcessWorker()
+    record.using(queue_name="EMAIL-x").enqueue("not for email*")
+    worker = InProcessWorker(queues=("email*",))
     writer = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:
@@ -383,6 +385,22 @@ def test_jobs_enqueued_together_keep_their_own_values(db):
     assert (third.status, third.scheduled_at) == (Job.Status.SCHEDULED, later)
     assert ReadyExecution.objects.get(job_id=second.pk).queue_name == "other"
     assert ScheduledExecution.objects.get(job_id=third.pk).priority == 7
+
+
+def test_jobs_alike_in_every_column_are_each_inserted(db):
+    first = Job(task_path="tests.tasks.add", queue_name="default", backend="default")
+    jobs = Job.enqueue([first, first.copy_with(), first.copy_with()], using="default")
+
+    assert len({job.pk for job in jobs}) == 3
+    assert Job.objects.count() == ReadyExecution.objects.count() == 3
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut(db):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite does not enforce a column's length")
+    with pytest.raises(DataError), transaction.atomic():
+        record.using(queue_name="q" * 150).enqueue("long")
+    assert not Job.objects.exists()
 
 
 def test_copies_of_an_unsaved_job_are_jobs_of_their_own(db):

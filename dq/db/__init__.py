@@ -11,7 +11,7 @@ Each vendor module provides:
   ``ClaimedExecution.finish_many``;
 - ``finish_and_claim_statement(selector, limit)`` or None: (sql, params) of one statement
   that does both (``ClaimedExecution.finish_and_claim``);
-- ``enqueue_statement(shared, varying, *, now, ready_queues)`` or None: one
+- ``enqueue_statement(shared, varying, *, count, now, ready_queues)`` or None: one
   statement that inserts jobs (the columns they share as one value each, the others
   as arrays) and places them (see ``Job._insert_placed``); None to insert and place
   them with the ORM;

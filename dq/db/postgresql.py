@@ -114,9 +114,9 @@ claim_in_transaction = None
 finish_in_transaction = None
 
 
-def enqueue_statement(shared, varying, *, now, ready_queues):
-    """One statement that inserts jobs, creates their ready or scheduled rows and, if any is
-    ready, wakes the workers of ``ready_queues``.
+def enqueue_statement(shared, varying, *, count, now, ready_queues):
+    """One statement that inserts ``count`` jobs, creates their ready or scheduled rows
+    and, if any is ready, wakes the workers of ``ready_queues``.
 
     ``shared``: ``(column, SQL type, value)`` of the columns every job has the same value
     in; ``varying``: ``(column, SQL type, values)`` of the others, one value per job (sent
@@ -132,6 +132,8 @@ def enqueue_statement(shared, varying, *, now, ready_queues):
         arrays = ", ".join(f"%s::{sql_type}[]" for _, sql_type, _ in varying)
         source = f" FROM unnest({arrays}) WITH ORDINALITY AS v({', '.join(names)}, n) ORDER BY v.n"
         params += [values for _, _, values in varying]
+    elif count > 1:  # jobs alike in every column
+        source = f" FROM generate_series(1, {count:d})"
     notify, notify_params = "", []
     if ready_queues:
         notify = "LEFT JOIN (SELECT pg_notify(%s, %s)) AS notified ON TRUE"

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 from datetime import timedelta
 from traceback import format_exception
 
@@ -458,8 +459,10 @@ class Job(models.Model):
     def _inserted_columns(cls, connection):
         """The fields an insert writes, with their SQL types on ``connection``'s database."""
         if connection.vendor not in _INSERTED_COLUMNS:
+            # Without a length: an explicit cast to varchar(100) cuts a longer value
+            # silently, where the column's own check raises.
             _INSERTED_COLUMNS[connection.vendor] = [
-                (field, field.cast_db_type(connection))
+                (field, re.sub(r"\(\d+\)$", "", field.cast_db_type(connection)))
                 for field in cls._meta.concrete_fields
                 if not field.primary_key
             ]
@@ -482,7 +485,9 @@ class Job(models.Model):
                 prepared = [field.get_db_prep_save(value, connection) for value in values]
                 varying.append((field.column, sql_type, prepared))
         ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
-        sql, params = statement(shared, varying, now=now, ready_queues=ready_queues)
+        sql, params = statement(
+            shared, varying, count=len(jobs), now=now, ready_queues=ready_queues
+        )
         with vendor.one_statement(using), vendor.for_alias(using).cursor(using) as cursor:
             cursor.execute(sql, params)
             ids = [pk for (pk,) in cursor.fetchall()]

@@ -1,6 +1,6 @@
 from django.db import connections, models, transaction
 from django.db.models import F
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Substr
 from django.utils import timezone
 
 from .. import db as vendor
@@ -53,7 +53,8 @@ class ReadyExecution(models.Model):
         if not connections[using].in_atomic_block and not cls._any_ready(selector, using):
             return []  # on SQLite an empty poll must not take the write lock (unless held)
         if database.claim_in_transaction is not None:
-            with transaction.atomic(using=using):
+            # Inside a transaction (a batch's ends) no savepoint: an error ends it all.
+            with transaction.atomic(using=using, savepoint=False):
                 returned = database.claim_in_transaction(
                     connections[using], selector, limit, process_id=process.pk, now=now
                 )
@@ -70,7 +71,11 @@ class ReadyExecution(models.Model):
             queue_name__in=Pause.objects.using(using).values("queue_name")
         )
         if selector.endswith("*") and selector != ALL_QUEUES:
-            return ready.filter(queue_name__startswith=selector[:-1])
+            # Compared as text: SQLite's LIKE, and so startswith there, ignores case.
+            prefix = selector[:-1]
+            return ready.annotate(queue_prefix=Substr("queue_name", 1, len(prefix))).filter(
+                queue_prefix=prefix
+            )
         if selector != ALL_QUEUES:
             return ready.filter(queue_name=selector)
         return ready
@@ -84,7 +89,7 @@ class ReadyExecution(models.Model):
         from .claimed import ClaimedExecution
 
         ready = cls._waiting(selector, using)
-        with transaction.atomic(using=using):
+        with transaction.atomic(using=using, savepoint=False):
             picked = list(
                 ready.select_for_update(skip_locked=True)
                 .order_by("-priority", "job_id")
