@@ -205,20 +205,20 @@ class DQBackend(BaseTaskBackend):
         if keyed or len(calls) < 2:
             return [self.new_job(task, args, kwargs) for args, kwargs in calls]
         first = self.new_job(task, *calls[0])
-        return [
-            first,
-            *(first.copy_with(**self.arguments(task, args, kwargs)) for args, kwargs in calls[1:]),
-        ]
+        jobs = [first]
+        for args, kwargs in calls[1:]:
+            args, kwargs = self.arguments(task, args, kwargs)
+            jobs.append(first.copy_with(args=args, kwargs=kwargs))
+        return jobs
 
     @staticmethod
     def arguments(task, args, kwargs):
-        """A call's arguments as a job stores them; TypeError if they are not JSON."""
+        """A call's ``(args, kwargs)`` as a job stores them; TypeError if they are not JSON."""
         where = f"Arguments of {task.module_path}"
-        return {"args": jsonable(list(args), where), "kwargs": jsonable(dict(kwargs), where)}
+        return jsonable(list(args), where), jsonable(dict(kwargs), where)
 
     def new_job(self, task, args, kwargs):
-        arguments = self.arguments(task, args, kwargs)
-        args, kwargs = arguments["args"], arguments["kwargs"]
+        args, kwargs = self.arguments(task, args, kwargs)
         concurrency_key = getattr(task, "concurrency_key", None)
         return Job(
             task_path=task.module_path,

@@ -445,16 +445,22 @@ def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
     assert "Index Scan using dq_ready_claim" in plan, plan
 
 
-def test_dq_statements_are_prepared_on_postgresql(db):
-    """Planning dq's statements costs about as much as running them: psycopg prepares
-    them once they have run a few times on a connection."""
-    if connection.vendor != "postgresql":
-        pytest.skip("prepared statements: PostgreSQL's; SQLite runs the ORM paths")
+def run_eight_jobs_in_one_chain():
+    """Enqueue, claim and end eight jobs the way a pool thread does: each end claims the
+    next."""
     for n in range(8):
         add.enqueue(n, n)
     worker = InProcessWorker()
     [first] = worker.claim(limit=1)
     assert len(worker.perform(first)) == 8
+
+
+def test_dq_statements_are_prepared_on_postgresql(db):
+    """Planning dq's statements costs about as much as running them: psycopg prepares
+    them once they have run a few times on a connection."""
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements: PostgreSQL's")
+    run_eight_jobs_in_one_chain()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
@@ -469,14 +475,10 @@ def test_dq_statements_are_prepared_on_postgresql(db):
 @pytest.mark.django_db(transaction=True)
 def test_a_project_that_turns_prepared_statements_off_gets_none_from_dq(monkeypatch):
     if connection.vendor != "postgresql":
-        pytest.skip("prepared statements: PostgreSQL's; SQLite runs the ORM paths")
+        pytest.skip("prepared statements: PostgreSQL's")
     monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", None)
     connection.close()  # a new session, without what earlier tests prepared
-    for n in range(8):
-        add.enqueue(n, n)
-    worker = InProcessWorker()
-    [first] = worker.claim(limit=1)
-    assert len(worker.perform(first)) == 8
+    run_eight_jobs_in_one_chain()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")

@@ -98,9 +98,10 @@ def claim_in_transaction(connection, selector, limit, *, process_id, now):
     now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as db:
         db.execute(_TAKE_READY.format(where=where, limit=limit), params)
-        job_ids = json.dumps([job_id for (job_id,) in db.fetchall()])
-        if job_ids == "[]":
+        taken = [job_id for (job_id,) in db.fetchall()]
+        if not taken:
             return ["claim_id"], []
+        job_ids = json.dumps(taken)
         db.execute(_INSERT_CLAIMS, [process_id, now, job_ids])
         claim_of = {job_id: claim_id for claim_id, job_id in db.fetchall()}
         db.execute(_START, [now, now, job_ids])

@@ -99,12 +99,19 @@ class ClaimedExecution(models.Model):
         return {claim_id: ended.get(claim_id) for claim_id in return_values}, claimed
 
     @staticmethod
-    def _finish_parameters(return_values, worker_id):
+    def _as_json_text(return_values):
+        """``{claim_id: return value}`` with each value as the JSON text a statement
+        writes, or None (SQL NULL)."""
+        return {
+            claim_id: None if value is None else json.dumps(value)
+            for claim_id, value in return_values.items()
+        }
+
+    @classmethod
+    def _finish_parameters(cls, return_values, worker_id):
         return {
             "claim_ids": list(return_values),
-            "return_values": [
-                None if value is None else json.dumps(value) for value in return_values.values()
-            ],
+            "return_values": list(cls._as_json_text(return_values).values()),
             "worker_id": worker_id,
             "now": timezone.now(),
         }
@@ -123,10 +130,7 @@ class ClaimedExecution(models.Model):
             now = timezone.now()
             returned = database.finish_in_transaction(
                 connections[using],
-                {
-                    claim_id: None if value is None else json.dumps(value)
-                    for claim_id, value in return_values.items()
-                },
+                cls._as_json_text(return_values),
                 attempt=lambda started_at: Job.attempt(worker_id, started_at, now),
                 now=now,
             )
