@@ -531,7 +531,7 @@ def measure_claims(calls):
     try:
         for _ in range(calls):
             began = time.perf_counter()
-            jobs = ReadyExecution.claim(("*",), 10, process, using="default")
+            jobs = ReadyExecution.claim(("*",), 10, process, backend="default", using="default")
             claims.append(time.perf_counter() - began)
             for job in jobs:
                 began = time.perf_counter()

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -260,10 +261,7 @@ class DQBackend(BaseTaskBackend):
 
     def to_result(self, job, task=None, *, running_worker_id=None):
         """The TaskResult of ``job``; ``task`` is imported from the job's path when not given."""
-        if task is None:
-            task = load_task(job.task_path)
-        if (task.queue_name, task.priority) != (job.queue_name, job.priority):
-            task = replace(task, queue_name=job.queue_name, priority=job.priority)
+        task = task_as_enqueued(job, task)
         worker_ids = job.worker_ids
         if job.status == Job.Status.RUNNING:
             if running_worker_id is None:
@@ -281,7 +279,7 @@ class DQBackend(BaseTaskBackend):
             last_attempted_at=job.last_attempted_at,
             args=job.args,
             kwargs=job.kwargs,
-            backend=self.alias,
+            backend=task.backend,
             errors=[
                 TaskError(
                     exception_class_path=error["exception_class_path"],
@@ -296,6 +294,40 @@ class DQBackend(BaseTaskBackend):
 
     def check(self, **kwargs):
         return checks.check_backend(self)
+
+
+def task_as_enqueued(job, task=None):
+    """``task`` (imported from the job's path when not given) with what ``job`` was
+    enqueued with: its backend alias, queue, priority, time to run and dq's options.
+    Options a job stores only rendered (concurrency and unique key templates) stay the
+    task's own."""
+    if task is None:
+        task = load_task(job.task_path)
+    enqueued = {
+        "queue_name": job.queue_name,
+        "priority": job.priority,
+        "run_after": job.scheduled_at,
+        "max_attempts": job.max_attempts,
+        "delivery": job.delivery,
+        "timeout": job.timeout,
+        "on_conflict": job.on_conflict,
+        "unique_for": job.unique_for,
+    }
+    if job.backend in settings.TASKS:  # a job of an alias since removed keeps the task's
+        enqueued["backend"] = job.backend
+    if job.concurrency_key:
+        enqueued["concurrency_limit"] = job.concurrency_limit
+        enqueued["concurrency_duration"] = job.concurrency_duration
+    if job.backoff != backoff_of(task):
+        enqueued["backoff"] = (
+            import_string(job.backoff) if isinstance(job.backoff, str) else job.backoff
+        )
+    changes = {
+        name: value
+        for name, value in enqueued.items()
+        if hasattr(task, name) and getattr(task, name) != value
+    }
+    return replace(task, **changes) if changes else task
 
 
 def is_importable(function):

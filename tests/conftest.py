@@ -149,12 +149,12 @@ def release(tmp_path):
 class InProcessWorker:
     """A registered worker whose jobs run synchronously in the test's own thread."""
 
-    def __init__(self, queues=("*",)):
+    def __init__(self, queues=("*",), *, backend="default"):
         from dq import conf
         from dq.models import Process
         from dq.processes.worker import Worker
 
-        config = conf.load("default")
+        config = conf.load(backend)
         self.worker = Worker(
             config,
             conf.WorkerConfig(queues=tuple(queues)),
@@ -168,7 +168,11 @@ class InProcessWorker:
         from dq.models import ReadyExecution
 
         return ReadyExecution.claim(
-            self.worker.queues, limit, self.process, using=self.worker.database
+            self.worker.queues,
+            limit,
+            self.process,
+            backend=self.worker.config.backend,
+            using=self.worker.database,
         )
 
     def work_off(self, limit=1000):

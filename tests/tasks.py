@@ -243,3 +243,9 @@ def swallow_a_failed_write(label):
     with contextlib.suppress(IntegrityError):
         Run.objects.create(pk=first.pk, label=label, pid=os.getpid())
     return label
+
+
+@task(takes_context=True)
+def backend_in_context(context):
+    """What the running job's TaskResult says about its backend alias."""
+    return {"task": context.task_result.task.backend, "result": context.task_result.backend}

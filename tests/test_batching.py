@@ -431,8 +431,8 @@ def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
         return f"${len(names)}"
 
     prepared = re.sub(r"%\((\w+)\)s", placeholder, sql)
-    types = {"process_id": "bigint", "now": "timestamptz"}
-    values = {"process_id": "0", "now": "now()"}
+    types = {"process_id": "bigint", "now": "timestamptz", "backend": "text"}
+    values = {"process_id": "0", "now": "now()", "backend": "'default'"}
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE dq_job, dq_ready_execution, dq_pause")
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")

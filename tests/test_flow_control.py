@@ -738,6 +738,7 @@ def test_prune_deletes_old_successful_and_cancelled_jobs_in_batches():
 
     with CaptureQueriesContext(connection) as queries:
         pruned = Job.prune(
+            backend="default",
             finished_before=timezone.now() - day,
             statuses=[Job.Status.SUCCESSFUL, Job.Status.CANCELLED],
             batch_size=2,

@@ -490,6 +490,12 @@ def test_bad_jobs_fail_without_harming_the_worker(dq_work):
     assert [w.pk for w in workers_of(supervisor)] == [worker.pk]
     assert pid_alive(worker.pid)
     assert "crashed" not in work.output()
+    # The worker's log says what failed and why, with the traceback.
+    output = work.output()
+    assert f"Task id={raising.id} path=tests.tasks.boom state=FAILED\nTraceback" in output
+    assert 'raise RuntimeError("boom")\nRuntimeError: boom' in output
+    assert f"job {missing.id} (tests.nowhere.task) failed: Cannot import task" in output
+    assert "ModuleNotFoundError: No module named 'tests.nowhere'" in output
 
 
 def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
@@ -501,7 +507,7 @@ def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
         last_heartbeat_at=timezone.now() - timedelta(hours=1),
     )
     result = record.enqueue("orphan")
-    [claimed] = ReadyExecution.claim(("*",), 1, ghost, using="default")
+    [claimed] = ReadyExecution.claim(("*",), 1, ghost, backend="default", using="default")
     assert claimed.pk == int(result.id)
     assert job_of(result).status == Job.Status.RUNNING
 

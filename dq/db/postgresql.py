@@ -16,7 +16,7 @@ _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes; an empty payload means 
 _CLAIM_CTES = """
 picked AS (
     SELECT r.id, r.job_id FROM dq_ready_execution r
-    WHERE {where}
+    WHERE r.backend = %(backend)s AND {where}
       AND NOT EXISTS (SELECT 1 FROM dq_pause p WHERE p.queue_name = r.queue_name)
     ORDER BY r.priority DESC, r.job_id
     LIMIT {limit:d}
@@ -84,7 +84,8 @@ def claim_statement(selector, limit):
     The limit is part of the text, not a parameter: a prepared statement is planned once,
     and with an unknown limit PostgreSQL plans for a tenth of the table (hash joins over
     whole tables) instead of the few rows a claim takes. The caller adds the parameters
-    process_id and now. Rows: ``claim_id`` then every column of the job.
+    process_id, backend (the alias whose jobs it claims) and now. Rows: ``claim_id``
+    then every column of the job.
     """
     where, params = _where(selector)
     return f"WITH {_CLAIM_CTES.format(where=where, limit=limit)}{_START}", params
@@ -142,10 +143,10 @@ def enqueue_statement(shared, varying, *, count, now, ready_queues):
 WITH job AS (
     INSERT INTO dq_job ({", ".join(f'"{column}"' for column in columns)})
     SELECT {", ".join(select)}{source}
-    RETURNING id, status, queue_name, priority, scheduled_at
+    RETURNING id, status, backend, queue_name, priority, scheduled_at
 ), ready AS (
-    INSERT INTO dq_ready_execution (job_id, queue_name, priority, created_at)
-    SELECT id, queue_name, priority, %s FROM job WHERE status = 'ready'
+    INSERT INTO dq_ready_execution (job_id, backend, queue_name, priority, created_at)
+    SELECT id, backend, queue_name, priority, %s FROM job WHERE status = 'ready'
 ), scheduled AS (
     INSERT INTO dq_scheduled_execution (job_id, queue_name, priority, scheduled_at)
     SELECT id, queue_name, priority, scheduled_at FROM job WHERE status = 'scheduled'

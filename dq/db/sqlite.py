@@ -31,7 +31,7 @@ MINIMUM_VERSION = (3, 35)
 _TAKE_READY = """
 DELETE FROM dq_ready_execution WHERE id IN (
     SELECT r.id FROM dq_ready_execution r
-    WHERE {where}
+    WHERE r.backend = %s AND {where}
       AND NOT EXISTS (SELECT 1 FROM dq_pause p WHERE p.queue_name = r.queue_name)
     ORDER BY r.priority DESC, r.job_id
     LIMIT {limit:d}
@@ -90,14 +90,15 @@ def _returned(db, claim_of):
     return ["claim_id", *columns], rows
 
 
-def claim_in_transaction(connection, selector, limit, *, process_id, now):
-    """Claim up to ``limit`` ready jobs of the queues ``selector`` names, highest
-    priority first, in the caller's transaction. Returns (columns, rows): ``claim_id``
-    then every column of the job, as the database returned them."""
+def claim_in_transaction(connection, selector, limit, *, process_id, backend, now):
+    """Claim up to ``limit`` ready jobs of backend alias ``backend`` in the queues
+    ``selector`` names, highest priority first, in the caller's transaction. Returns
+    (columns, rows): ``claim_id`` then every column of the job, as the database returned
+    them."""
     where, params = _where(selector)
     now = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as db:
-        db.execute(_TAKE_READY.format(where=where, limit=limit), params)
+        db.execute(_TAKE_READY.format(where=where, limit=limit), [backend, *params])
         taken = [job_id for (job_id,) in db.fetchall()]
         if not taken:
             return ["claim_id"], []

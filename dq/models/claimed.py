@@ -70,13 +70,14 @@ class ClaimedExecution(models.Model):
             return cls._finish(return_values, worker_id, using)
 
     @classmethod
-    def finish_and_claim(cls, jobs, *, selector, limit, process, using):
+    def finish_and_claim(cls, jobs, *, selector, limit, process, backend, using):
         """``finish_many`` for ``process``'s runs ``jobs`` and, in the same transaction, a
         claim of up to ``limit`` ready jobs of the queues ``selector`` names for the threads
-        those runs free: one statement on PostgreSQL; on other databases the ORM's
-        statements in one transaction (on SQLite, one hold of the write lock). Runs that
-        hold concurrency slots are only finished: giving a slot back may release a
-        blocked job, which the worker's loop then claims in priority order.
+        those runs free (jobs of backend alias ``backend``): one statement on PostgreSQL;
+        on other databases the ORM's statements in one transaction (on SQLite, one hold
+        of the write lock). Runs that hold concurrency slots are only finished: giving a
+        slot back may release a blocked job, which the worker's loop then claims in
+        priority order.
 
         Returns ``({claim_id: job}, [claimed jobs])``, as finish_many and claim do.
         """
@@ -89,9 +90,16 @@ class ClaimedExecution(models.Model):
         if make_statement is None:
             with transaction.atomic(using=using):
                 ended = cls._finish(return_values, process.name, using)
-                return ended, ReadyExecution.claim((selector,), limit, process, using=using)
+                claimed = ReadyExecution.claim(
+                    (selector,), limit, process, backend=backend, using=using
+                )
+                return ended, claimed
         sql, params = make_statement(selector, limit)
-        params.update(cls._finish_parameters(return_values, process.name), process_id=process.pk)
+        params.update(
+            cls._finish_parameters(return_values, process.name),
+            process_id=process.pk,
+            backend=backend,
+        )
         with vendor.one_statement(using):
             rows = Job.run_returning(sql, params, using=using)
         ended = {job.claim_id: job for job in rows if job.claim_id in return_values}

@@ -591,14 +591,15 @@ class Job(models.Model):
         return job.status
 
     @classmethod
-    def prune(cls, *, finished_before, statuses, batch_size, using):
-        """Delete jobs in ``statuses`` that finished before ``finished_before``, a batch per
-        transaction so that no lock is held long. Returns how many."""
+    def prune(cls, *, backend, finished_before, statuses, batch_size, using):
+        """Delete jobs of backend alias ``backend`` in ``statuses`` that finished before
+        ``finished_before``, a batch per transaction so that no lock is held long. Returns
+        how many."""
         pruned = 0
         while True:
             batch = list(
                 cls.objects.using(using)
-                .filter(status__in=statuses, finished_at__lt=finished_before)
+                .filter(backend=backend, status__in=statuses, finished_at__lt=finished_before)
                 .order_by("pk")
                 .values_list("pk", flat=True)[:batch_size]
             )
@@ -621,7 +622,14 @@ class Job(models.Model):
         jobs = list(
             cls.objects.using(using)
             .filter(pk__in=job_ids)
-            .only("task_path", "queue_name", "priority", "status", *cls.CONCURRENCY_FIELDS)
+            .only(
+                "task_path",
+                "backend",
+                "queue_name",
+                "priority",
+                "status",
+                *cls.CONCURRENCY_FIELDS,
+            )
         )
         cls.place(jobs, using=using, slots_taken=slots_taken, over_limit=over_limit)
         return jobs
@@ -648,7 +656,9 @@ class Job(models.Model):
         blocked = [job for job in jobs if job.status == cls.Status.BLOCKED]
         if ready:
             ReadyExecution.objects.using(using).bulk_create(
-                ReadyExecution(job=job, queue_name=job.queue_name, priority=job.priority)
+                ReadyExecution(
+                    job=job, backend=job.backend, queue_name=job.queue_name, priority=job.priority
+                )
                 for job in ready
             )
             vendor.notify_ready(using, {job.queue_name for job in ready})

@@ -12,7 +12,9 @@ class ReadyExecution(models.Model):
     """A job waiting for a worker. The only table workers poll, so it stays small."""
 
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="ready_execution")
-    # Copied from the job so that claiming reads this table alone.
+    # Copied from the job so that claiming reads this table alone: a worker claims only
+    # jobs of its own backend alias.
+    backend = models.CharField(max_length=100)
     queue_name = models.CharField(max_length=100)
     priority = models.SmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -20,16 +22,19 @@ class ReadyExecution(models.Model):
     class Meta:
         db_table = "dq_ready_execution"
         indexes = [
-            models.Index(fields=["queue_name", "-priority", "job"], name="dq_ready_queue_claim"),
-            models.Index(fields=["-priority", "job"], name="dq_ready_claim"),
+            models.Index(
+                fields=["backend", "queue_name", "-priority", "job"], name="dq_ready_queue_claim"
+            ),
+            models.Index(fields=["backend", "-priority", "job"], name="dq_ready_claim"),
         ]
 
     def __str__(self):
         return f"job {self.job_id} ready on {self.queue_name}"
 
     @classmethod
-    def claim(cls, selectors, limit, process, *, using):
-        """Claim up to ``limit`` jobs for ``process``, queue selectors in order, each by priority.
+    def claim(cls, selectors, limit, process, *, backend, using):
+        """Claim up to ``limit`` jobs of backend alias ``backend`` for ``process``, queue
+        selectors in order, each by priority.
 
         Returns the claimed jobs, each with its ``claim_id``; their attempt has started.
         """
@@ -37,38 +42,46 @@ class ReadyExecution(models.Model):
         for selector in selectors:
             if len(jobs) >= limit:
                 break
-            jobs += cls._claim_from(selector, limit - len(jobs), process, using)
+            jobs += cls._claim_from(selector, limit - len(jobs), process, backend, using)
         return jobs
 
     @classmethod
-    def _claim_from(cls, selector, limit, process, using):
+    def _claim_from(cls, selector, limit, process, backend, using):
         now = timezone.now()
         database = vendor.for_alias(using)
         statement = database.claim_statement(selector, limit)
         if statement is not None:
             sql, params = statement
-            params.update(process_id=process.pk, now=now)
+            params.update(process_id=process.pk, now=now, backend=backend)
             with vendor.one_statement(using):
                 return Job.run_returning(sql, params, using=using)
-        if not connections[using].in_atomic_block and not cls._any_ready(selector, using):
+        if not connections[using].in_atomic_block and not cls._any_ready(selector, backend, using):
             return []  # on SQLite an empty poll must not take the write lock (unless held)
         if database.claim_in_transaction is not None:
             # Inside a transaction (a batch's ends) no savepoint: an error ends it all.
             with transaction.atomic(using=using, savepoint=False):
                 returned = database.claim_in_transaction(
-                    connections[using], selector, limit, process_id=process.pk, now=now
+                    connections[using],
+                    selector,
+                    limit,
+                    process_id=process.pk,
+                    backend=backend,
+                    now=now,
                 )
             jobs = Job.from_returned(*returned, using=using)
             return sorted(jobs, key=lambda job: (-job.priority, job.pk))
-        return cls._claim_with_orm(selector, limit, process, using, now)
+        return cls._claim_with_orm(selector, limit, process, backend, using, now)
 
     @classmethod
-    def _waiting(cls, selector, using):
-        """The ready rows of the queues ``selector`` names that are not paused."""
+    def _waiting(cls, selector, backend, using):
+        """The ready rows of ``backend`` in the queues ``selector`` names that are not
+        paused."""
         from .pause import Pause
 
-        ready = cls.objects.using(using).exclude(
-            queue_name__in=Pause.objects.using(using).values("queue_name")
+        ready = (
+            cls.objects.using(using)
+            .filter(backend=backend)
+            .exclude(queue_name__in=Pause.objects.using(using).values("queue_name"))
         )
         if selector.endswith("*") and selector != ALL_QUEUES:
             # Compared as text: SQLite's LIKE, and so startswith there, ignores case.
@@ -81,14 +94,14 @@ class ReadyExecution(models.Model):
         return ready
 
     @classmethod
-    def _any_ready(cls, selector, using):
-        return cls._waiting(selector, using).exists()
+    def _any_ready(cls, selector, backend, using):
+        return cls._waiting(selector, backend, using).exists()
 
     @classmethod
-    def _claim_with_orm(cls, selector, limit, process, using, now):
+    def _claim_with_orm(cls, selector, limit, process, backend, using, now):
         from .claimed import ClaimedExecution
 
-        ready = cls._waiting(selector, using)
+        ready = cls._waiting(selector, backend, using)
         with transaction.atomic(using=using, savepoint=False):
             picked = list(
                 ready.select_for_update(skip_locked=True)

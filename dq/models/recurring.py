@@ -41,15 +41,14 @@ class RecurringTask(models.Model):
         return RecurringExecution.record(self.key, run_at, self.enqueue_job, using=using)
 
     def enqueue_job(self):
+        """Enqueue one run through this task's backend alias; returns the job id."""
         task = load_task(self.task_path)
-        changes = {}
+        changes = {"backend": self.backend}
         if self.queue_name:
             changes["queue_name"] = self.queue_name
         if self.priority is not None:
             changes["priority"] = self.priority
-        if changes:
-            task = task.using(**changes)
-        return int(task.enqueue(*self.args, **self.kwargs).id)
+        return int(task.using(**changes).enqueue(*self.args, **self.kwargs).id)
 
 
 class RecurringExecution(models.Model):

@@ -48,6 +48,7 @@ class Dispatcher(Role):
         ):
             if keep is not None:
                 Job.prune(
+                    backend=self.config.backend,
                     finished_before=now - timedelta(seconds=keep),
                     statuses=statuses,
                     batch_size=DEFAULT_PRUNE_BATCH_SIZE,

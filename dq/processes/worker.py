@@ -22,7 +22,7 @@ from ..exceptions import (
     ShutdownTimeoutError,
 )
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
-from ..models.job import describe_error, jsonable, load_task
+from ..models.job import describe_error, exception_path, jsonable, load_task
 from .base import Role, database_retry_delay
 from .batching import GroupCommit
 from .pool import Pool
@@ -146,7 +146,9 @@ class Worker(Role):
         idle = self.pool.idle
         jobs = []
         if idle:
-            jobs = ReadyExecution.claim(self.queues, idle, self.process, using=self.database)
+            jobs = ReadyExecution.claim(
+                self.queues, idle, self.process, backend=self.config.backend, using=self.database
+            )
         for job in jobs:
             self.track(job)
             self.pool.submit(self.perform, job)
@@ -287,7 +289,7 @@ class Worker(Role):
             self.recycle(f"uses {memory:.0f} MiB (max_memory {limit_memory})")
 
     def _perform(self, job):
-        task = backend = failure = next_job = None
+        task = backend = None
         started = time.monotonic()
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
@@ -296,14 +298,13 @@ class Worker(Role):
             result = backend.to_result(job, task, running_worker_id=self.name)
             task_started.send(type(backend), task_result=result)
             if job.delivery == Job.Delivery.EXACTLY_ONCE:
-                ended = self.run_exactly_once(job, task, result)
+                ended, next_job = self.run_exactly_once(job, task, result), None
             else:
                 job.return_value = self.call(job, task, result)
                 ended, next_job = self.record_end(
                     functools.partial(self.finishes.submit, (job, self.claims_next()))
                 )
         except BaseException as error:  # a task's SystemExit must not stop the worker
-            failure = error
             ended = self.record_end(
                 functools.partial(
                     ClaimedExecution.fail,
@@ -313,37 +314,50 @@ class Worker(Role):
                     using=self.database,
                 )
             )
+            # Announced while the error is handled: a receiver of task_finished that logs
+            # (Django's own) logs its traceback.
+            self.announce(job, ended, task, backend, error, time.monotonic() - started)
+            return None
         # The end is committed, and so is the claim of next_job: whatever the announcing
         # does, next_job is returned to run.
-        try:
-            self.announce(job, ended, task, backend, failure, time.monotonic() - started)
-        except Exception:
-            logger.exception("%s: could not announce the end of job %s", self.name, job.pk)
+        self.announce(job, ended, task, backend, None, time.monotonic() - started)
         return next_job
 
     def announce(self, job, ended, task, backend, failure, duration):
-        """Signal and log how a job's run ended, once its end is recorded."""
-        if ended is None:
-            logger.warning(
-                "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
-                self.name,
-                job.pk,
-                duration,
-            )
-        elif failure is not None and ended.status != ended.Status.FAILED:
-            logger.warning(
-                "%s: job %s (%s) attempt %s raised %r; retrying at %s",
-                self.name,
-                job.pk,
-                job.task_path,
-                ended.attempt_count,
-                failure,
-                ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
-            )
-        elif backend is not None:
-            task_finished.send(type(backend), task_result=backend.to_result(ended, task))
-        else:
-            logger.error("%s: job %s failed: %s", self.name, job.pk, ended.errors[-1]["message"])
+        """Signal and log how a job's run ended, once its end is recorded; called while
+        ``failure``, if any, is being handled."""
+        try:
+            if ended is None:
+                logger.warning(
+                    "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
+                    self.name,
+                    job.pk,
+                    duration,
+                )
+            elif failure is not None and ended.status != ended.Status.FAILED:
+                logger.warning(
+                    "%s: job %s (%s) attempt %s raised %s: %s; retrying at %s",
+                    self.name,
+                    job.pk,
+                    job.task_path,
+                    ended.attempt_count,
+                    exception_path(type(failure)),
+                    failure,
+                    ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
+                )
+            elif backend is not None:
+                task_finished.send(type(backend), task_result=backend.to_result(ended, task))
+            else:
+                logger.error(
+                    "%s: job %s (%s) failed: %s",
+                    self.name,
+                    job.pk,
+                    job.task_path,
+                    ended.errors[-1]["message"],
+                    exc_info=failure,
+                )
+        except Exception:
+            logger.exception("%s: could not announce the end of job %s", self.name, job.pk)
 
     def call(self, job, task, result):
         if task.takes_context:
@@ -380,7 +394,12 @@ class Worker(Role):
         jobs = [job for job, _ in items]
         wanted = sum(wants for _, wants in items) if self.stopping is None else 0
         ended, claimed = ClaimedExecution.finish_and_claim(
-            jobs, selector=self.queues[0], limit=wanted, process=self.process, using=self.database
+            jobs,
+            selector=self.queues[0],
+            limit=wanted,
+            process=self.process,
+            backend=self.config.backend,
+            using=self.database,
         )
         for next_job in claimed:  # running here from the moment its claim is committed
             self.track(next_job)
