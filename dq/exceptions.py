@@ -42,5 +42,10 @@ class JobTimeoutError(JobInterrupted):
     """The job ran longer than its task's timeout."""
 
 
+class TransactionRolledBackError(JobInterrupted):
+    """The exactly_once job's transaction was rolled back before it committed (a lock wait
+    timed out, a deadlock, a lost connection): nothing of the run took effect."""
+
+
 class ExactlyOnceViolation(DQError):
     """An exactly_once task wrote outside the transaction that makes it exactly once."""

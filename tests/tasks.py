@@ -249,3 +249,37 @@ def swallow_a_failed_write(label):
 def backend_in_context(context):
     """What the running job's TaskResult says about its backend alias."""
     return {"task": context.task_result.task.backend, "result": context.task_result.backend}
+
+
+def wait_in_vain_for_a_lock(job_id):
+    """From a connection of its own with a short lock timeout, wait for a lock the running
+    exactly_once job's transaction holds: the wait times out with the database's error."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    settings = wrapper.settings_dict
+    options = {**settings["OPTIONS"]}
+    if wrapper.vendor == "sqlite":
+        options["timeout"] = 0.05
+    probe = type(wrapper)({**settings, "OPTIONS": options}, alias=wrapper.alias)
+    try:
+        with probe.cursor() as cursor:
+            if probe.vendor == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")  # the run holds the write lock
+            else:
+                cursor.execute("SET lock_timeout = '50ms'")
+                cursor.execute(
+                    "SELECT 1 FROM dq_claimed_execution WHERE job_id = %s FOR UPDATE", [job_id]
+                )
+    finally:
+        probe.close()
+
+
+@task(delivery="exactly_once", takes_context=True)
+def meet_a_lock_timeout_once(context, label, met_file):
+    """An exactly_once task whose first run meets a lock wait that times out."""
+    Run.objects.create(label=label, pid=os.getpid())
+    if not Path(met_file).exists():
+        Path(met_file).touch()
+        wait_in_vain_for_a_lock(int(context.task_result.id))
+    return label

@@ -320,8 +320,9 @@ def test_prune_deregisters_stale_processes_and_interrupts_their_claims(db):
     [stale_job] = stale.claim()
     record.enqueue("held by fresh")
     [fresh_job] = fresh.claim()
+    # Silent for two minutes, on another host (a process alive on this one is not pruned).
     Process.objects.filter(pk=stale.process.pk).update(
-        last_heartbeat_at=timezone.now() - timedelta(seconds=120)
+        last_heartbeat_at=timezone.now() - timedelta(seconds=120), hostname="another-host"
     )
 
     pruned = Process.prune(60, using="default")
@@ -342,6 +343,8 @@ def test_prune_leaves_recent_processes_and_the_pruning_supervisor_and_its_childr
     recent, child = InProcessWorker(), InProcessWorker()
     supervisor = Process.register(Process.Kind.SUPERVISOR, using="default")
     Process.objects.filter(pk=child.process.pk).update(supervisor=supervisor)
+    # All of another host: a process alive on this one is never pruned.
+    Process.objects.update(hostname="another-host")
     Process.objects.filter(pk=recent.process.pk).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=30)
     )

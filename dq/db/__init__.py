@@ -57,6 +57,29 @@ def notify_ready(alias, queues):
     for_alias(alias).notify_ready(connections[alias], queues)
 
 
+@contextlib.contextmanager
+def atomic(alias, *, savepoint=True):
+    """A transaction of dq's own on ``alias`` (``transaction.atomic``). On SQLite it takes
+    the write lock when it begins (``BEGIN IMMEDIATE``), whatever the project's
+    ``transaction_mode``: a transaction that reads and then writes would otherwise fail
+    at once with "database is locked" when another writer came first, instead of
+    waiting for the lock. Inside another transaction it is a savepoint, as usual."""
+    wrapper = connections[alias]
+    if wrapper.vendor != "sqlite" or wrapper.in_atomic_block:
+        with transaction.atomic(using=alias, savepoint=savepoint):
+            yield
+        return
+    wrapper.ensure_connection()  # transaction_mode is read from settings on connecting
+    mode = wrapper.transaction_mode
+    wrapper.transaction_mode = "IMMEDIATE"
+    try:
+        with transaction.atomic(using=alias, savepoint=savepoint):
+            wrapper.transaction_mode = mode  # begun: what runs inside is the project's
+            yield
+    finally:
+        wrapper.transaction_mode = mode
+
+
 def one_statement(alias):
     """The transaction for work that is one statement: in autocommit mode the statement is
     its own transaction, which spares the round trips of BEGIN and COMMIT; inside an

@@ -5,10 +5,13 @@ SQLite serialises writers; with ``transaction_mode = IMMEDIATE`` every dq
 transaction takes the write lock at BEGIN, so two claims never interleave.
 """
 
+import sqlite3
+
 from django.db import connections
 from django.utils import timezone
 
 DEFAULT_POLLING_INTERVAL = 0.1
+_SQLITE_LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 Listener = None
 
@@ -34,6 +37,16 @@ def session_id(alias):
 
 def terminate_session(alias, session):
     pass
+
+
+def lock_conflict(error):
+    """Whether the DatabaseError ``error`` is a lock wait that timed out, a deadlock or a
+    serialization failure: its transaction is rolled back and may succeed if run again.
+    SQLite's "database is locked" (SQLITE_BUSY) and "database table is locked"."""
+    cause = error.__cause__
+    if isinstance(cause, sqlite3.Error):
+        return getattr(cause, "sqlite_errorcode", 0) & 0xFF in _SQLITE_LOCK_CODES
+    return False
 
 
 def database_now(connection):

@@ -210,6 +210,16 @@ def notify_ready(connection, queues):
         cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, _payload(queues)])
 
 
+# serialization_failure, deadlock_detected, lock_not_available (lock_timeout).
+_LOCK_CONFLICTS = {"40001", "40P01", "55P03"}
+
+
+def lock_conflict(error):
+    """Whether the DatabaseError ``error`` is a lock wait that timed out, a deadlock or a
+    serialization failure: its transaction is rolled back and may succeed if run again."""
+    return getattr(error.__cause__, "sqlstate", None) in _LOCK_CONFLICTS
+
+
 def session_id(alias):
     """The server process id of this thread's connection to ``alias``."""
     return connections[alias].connection.info.backend_pid

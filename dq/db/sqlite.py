@@ -21,6 +21,7 @@ from .generic import (  # noqa: F401 - part of this module's vendor interface
     database_now,
     enqueue_statement,
     finish_and_claim_statement,
+    lock_conflict,
     notify_ready,
     session_id,
     terminate_session,

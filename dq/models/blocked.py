@@ -1,5 +1,6 @@
-from django.db import models, transaction
+from django.db import models
 
+from .. import db as vendor
 from .job import Job, make_ready_in_batches
 from .semaphore import Semaphore
 
@@ -26,7 +27,7 @@ class BlockedExecution(models.Model):
     def release_next(cls, key, *, using):
         """Make the highest-priority blocked job of ``key`` ready if a slot is free.
         Returns whether one was released."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             blocked = (
                 cls.objects.using(using)
                 .select_for_update(skip_locked=True)

@@ -1,6 +1,6 @@
 import json
 
-from django.db import connections, models, transaction
+from django.db import connections, models
 from django.utils import timezone
 
 from .. import conf
@@ -48,7 +48,7 @@ class ClaimedExecution(models.Model):
     @classmethod
     def finish(cls, claim_id, return_value, *, worker_id, using):
         """Record a successful run. Returns the job, or None if the claim was taken over."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             return cls._finish({claim_id: return_value}, worker_id, using)[claim_id]
 
     @classmethod
@@ -64,7 +64,7 @@ class ClaimedExecution(models.Model):
             job.concurrency_key for job in jobs
         ):
             # More than one statement: ending the claims, and giving their slots back.
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 return cls._finish(return_values, worker_id, using)
         with vendor.one_statement(using):
             return cls._finish(return_values, worker_id, using)
@@ -88,7 +88,7 @@ class ClaimedExecution(models.Model):
         return_values = {job.claim_id: job.return_value for job in jobs}
         make_statement = vendor.for_alias(using).finish_and_claim_statement
         if make_statement is None:
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 ended = cls._finish(return_values, process.name, using)
                 claimed = ReadyExecution.claim(
                     (selector,), limit, process, backend=backend, using=using
@@ -166,7 +166,7 @@ class ClaimedExecution(models.Model):
     def fail(cls, claim_id, error, *, worker_id, using):
         """Record a run that raised: retry after the job's backoff while attempts remain,
         else fail the job. Returns the job, or None if the claim was taken over."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             claims = cls._relock([claim_id], using)
             if not claims:
                 return None
@@ -197,7 +197,7 @@ class ClaimedExecution(models.Model):
             "message": message,
             "traceback": f"{exception_path(exception_class)}: {message}\n",
         }
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             # A claim locked by a live exactly_once run is skipped: whoever holds it is
             # alive, and if it dies the database rolls back and the claim is orphaned.
             locked = list(

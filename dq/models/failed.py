@@ -1,6 +1,7 @@
-from django.db import models, transaction
+from django.db import models
 from django.db.models import F
 
+from .. import db as vendor
 from .job import Job, make_ready_in_batches
 
 # A retried job gets one attempt more than it has failed, whatever its task allowed.
@@ -27,7 +28,7 @@ class FailedExecution(models.Model):
 
     def retry(self, *, using):
         """Put the job back to ready; its attempt history stays. False if already retried."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             failed = type(self).objects.using(using).select_for_update().filter(pk=self.pk).first()
             if failed is None:
                 return False

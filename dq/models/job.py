@@ -4,7 +4,7 @@ import re
 from datetime import timedelta
 from traceback import format_exception
 
-from django.db import IntegrityError, connections, models, transaction
+from django.db import IntegrityError, connections, models
 from django.db.models.base import ModelState
 from django.tasks import Task
 from django.utils import timezone
@@ -95,7 +95,7 @@ def make_ready_in_batches(execution, queryset, *, batch_size, using, **changes):
     time in primary-key order, one transaction per batch: lock and delete the rows, then
     ``Job.make_ready``. Yields each batch's jobs after it commits."""
     for batch in pk_batches(queryset.using(using), batch_size):
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             job_ids = list(
                 execution.objects.using(using)
                 .select_for_update()
@@ -274,7 +274,7 @@ class Job(models.Model):
 
         TransitionNotAllowed if it is running, finished, or changed state meanwhile.
         """
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             job = cls.objects.using(using).get(pk=job_id)
             execution = job.execution_model()
             if job.status == cls.Status.RUNNING:
@@ -316,7 +316,7 @@ class Job(models.Model):
             if status != cls.Status.RUNNING
         ]
         for batch in pk_batches(queryset.using(using), batch_size):
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 # Lock the execution rows first, in the order a claim takes its locks.
                 locked = set()
                 for model in discardable:
@@ -409,7 +409,7 @@ class Job(models.Model):
             if statement is not None:
                 cls._insert_placed(jobs, statement, now, using)
                 return jobs
-        with transaction.atomic(using=using, savepoint=False):
+        with vendor.atomic(using, savepoint=False):
             if any(job.unique_key for job in jobs):
                 return [cls._enqueue_unique(job, now, using) for job in jobs]
             cls.admit(jobs, using=using)
@@ -501,7 +501,7 @@ class Job(models.Model):
         status = job.status
         for _ in range(2):
             try:
-                with transaction.atomic(using=using):
+                with vendor.atomic(using):
                     cls.admit([job], using=using)
                     job.save(using=using, force_insert=True)
                     cls.place([job], using=using, slots_taken=True)
@@ -567,7 +567,7 @@ class Job(models.Model):
         """Cancel a job: one that has not started ends as cancelled; a running one is asked
         to stop (its task sees ``context.cancel_requested``). Returns the job's status
         afterwards; TransitionNotAllowed if it has finished."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             job = cls.objects.using(using).get(pk=job_id)
             if job.status == cls.Status.RUNNING:
                 cls.objects.using(using).filter(pk=job_id).update(
@@ -605,7 +605,7 @@ class Job(models.Model):
             )
             if not batch:
                 return pruned
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 pruned += (
                     cls.objects.using(using)
                     .filter(pk__in=batch, status__in=statuses)

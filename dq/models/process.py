@@ -2,6 +2,7 @@ import os
 import secrets
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 from django.db import models
 from django.db.models import Exists, OuterRef
@@ -9,6 +10,29 @@ from django.db.models.functions import Now
 
 from .. import db as vendor
 from ..exceptions import ProcessMissingError, ProcessPrunedError
+
+
+def process_start_ticks(pid):
+    """When process ``pid`` of this host started, in clock ticks after boot (Linux's
+    /proc/PID/stat), or None: no such process, a zombie, or no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the name, which may hold ")"
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])  # the 22nd field, starttime
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Process(models.Model):
@@ -23,6 +47,9 @@ class Process(models.Model):
     kind = models.CharField(max_length=20, choices=Kind)
     name = models.CharField(max_length=100, unique=True)
     pid = models.IntegerField()
+    # When ``pid`` started (process_start_ticks): a later process given the same pid has
+    # another. None where the host has no /proc.
+    pid_start_ticks = models.BigIntegerField(null=True, blank=True)
     hostname = models.CharField(max_length=255)
     supervisor = models.ForeignKey(
         "self",
@@ -50,6 +77,7 @@ class Process(models.Model):
             kind=kind,
             name=f"{kind}-{secrets.token_hex(6)}",
             pid=os.getpid(),
+            pid_start_ticks=process_start_ticks(os.getpid()),
             hostname=socket.gethostname(),
             supervisor=supervisor,
             metadata=metadata or {},
@@ -60,6 +88,15 @@ class Process(models.Model):
         """Record that the process is alive. False if its row is gone (it was pruned)."""
         updated = type(self).objects.using(using).filter(pk=self.pk).update(last_heartbeat_at=Now())
         return updated == 1
+
+    def runs_here(self):
+        """Whether this process is running on this host now: its pid is alive, and is the
+        process that registered (not a later one given the same pid)."""
+        if self.hostname != socket.gethostname():
+            return False
+        if self.pid_start_ticks is None:
+            return pid_alive(self.pid)
+        return process_start_ticks(self.pid) == self.pid_start_ticks
 
     def deregister(self, exception_class, message, *, using):
         """Interrupt the jobs this process still holds, then delete it."""
@@ -77,12 +114,13 @@ class Process(models.Model):
     def prune(cls, alive_threshold, *, supervisor=None, using):
         """Deregister processes of any host whose heartbeat is older than ``alive_threshold``
         seconds, interrupting their jobs; not ``supervisor`` nor its children, which it
-        reaps itself. Returns the processes pruned."""
+        reaps itself, nor a process seen running on this host (its heartbeat is late: the
+        database was busy). Returns the processes pruned."""
         cutoff = vendor.database_now(using) - timedelta(seconds=alive_threshold)
         stale = cls.objects.using(using).filter(last_heartbeat_at__lt=cutoff)
         if supervisor is not None:
             stale = stale.exclude(pk=supervisor.pk).exclude(supervisor=supervisor)
-        pruned = list(stale)
+        pruned = [process for process in stale if not process.runs_here()]
         for process in pruned:
             process.deregister(
                 ProcessPrunedError,

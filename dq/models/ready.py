@@ -1,4 +1,4 @@
-from django.db import connections, models, transaction
+from django.db import connections, models
 from django.db.models import F
 from django.db.models.functions import Coalesce, Substr
 from django.utils import timezone
@@ -59,7 +59,7 @@ class ReadyExecution(models.Model):
             return []  # on SQLite an empty poll must not take the write lock (unless held)
         if database.claim_in_transaction is not None:
             # Inside a transaction (a batch's ends) no savepoint: an error ends it all.
-            with transaction.atomic(using=using, savepoint=False):
+            with vendor.atomic(using, savepoint=False):
                 returned = database.claim_in_transaction(
                     connections[using],
                     selector,
@@ -102,7 +102,7 @@ class ReadyExecution(models.Model):
         from .claimed import ClaimedExecution
 
         ready = cls._waiting(selector, backend, using)
-        with transaction.atomic(using=using, savepoint=False):
+        with vendor.atomic(using, savepoint=False):
             picked = list(
                 ready.select_for_update(skip_locked=True)
                 .order_by("-priority", "job_id")

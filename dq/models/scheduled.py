@@ -1,7 +1,8 @@
-from django.db import models, transaction
+from django.db import models
 from django.db.models import Min
 from django.utils import timezone
 
+from .. import db as vendor
 from .job import Job, make_ready_in_batches
 
 
@@ -23,7 +24,7 @@ class ScheduledExecution(models.Model):
     @classmethod
     def dispatch_due(cls, batch_size, *, using):
         """Move up to ``batch_size`` due jobs to ready, earliest first. Returns how many."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             due = list(
                 cls.objects.using(using)
                 .select_for_update(skip_locked=True)
@@ -40,7 +41,7 @@ class ScheduledExecution(models.Model):
     @classmethod
     def run_now(cls, job_id, *, using):
         """Make a scheduled job ready at once. False if it is no longer scheduled."""
-        with transaction.atomic(using=using):
+        with vendor.atomic(using):
             scheduled = cls.objects.using(using).select_for_update().filter(job_id=job_id).first()
             if scheduled is None:
                 return False

@@ -1,8 +1,10 @@
 from datetime import timedelta
 
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, models
 from django.db.models import F
 from django.utils import timezone
+
+from .. import db as vendor
 
 
 class Semaphore(models.Model):
@@ -37,7 +39,7 @@ class Semaphore(models.Model):
         if cls.objects.using(using).select_for_update().filter(key=key).values_list("pk"):
             return bool(semaphores.update(**taken))
         try:
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 cls.objects.using(using).create(
                     key=key, value=limit - 1, limit=limit, duration=duration, expires_at=expires_at
                 )
@@ -71,7 +73,7 @@ class Semaphore(models.Model):
         for key in (
             cls.objects.using(using).filter(expires_at__lt=now).values_list("key", flat=True)
         ):
-            with transaction.atomic(using=using):
+            with vendor.atomic(using):
                 semaphore = cls.objects.using(using).select_for_update().filter(key=key).first()
                 if semaphore is None or semaphore.expires_at >= now:
                     continue

@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
@@ -20,9 +21,32 @@ IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
 HANDLED_SIGNALS = {*GRACEFUL_SIGNALS, *IMMEDIATE_SIGNALS, signal.SIGCHLD}
 
 
+# How often a process tries to deregister when the database fails it (a lock wait timing
+# out, an outage): if it cannot, its supervisor or the pruning recovers its jobs.
+DEREGISTER_ATTEMPTS = 5
+
+
 def database_retry_delay(failures):
     """Seconds to wait after ``failures`` database errors in a row: 0.5, 1, 2, ... up to 10."""
     return min(10.0, 0.5 * 2 ** (failures - 1))
+
+
+def retry_database_errors(call, alias, doing, *, wait, give_up):
+    """``call()``, tried again after each database error (a lock wait that timed out, a
+    lost connection) with a growing delay, until it returns or ``give_up(failures)``
+    says to raise the error. ``wait(seconds)`` waits between tries."""
+    failures = 0
+    while True:
+        try:
+            return call()
+        except DatabaseError:
+            failures += 1
+            if give_up(failures):
+                raise
+            delay = database_retry_delay(failures)
+            logger.exception("dq: cannot %s; retrying in %.1fs", doing, delay)
+            connections[alias].close()
+            wait(delay)
 
 
 class Wakeup:
@@ -98,7 +122,13 @@ class Role:
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="dq-heartbeat", daemon=True)
         heartbeat.start()
         try:
-            self.start()
+            retry_database_errors(
+                self.start,
+                self.database,
+                f"start {self.name}",
+                wait=self.wakeup.wait,
+                give_up=lambda failures: self.stopping is not None,
+            )
             failures = 0
             while self.stopping is None:
                 try:
@@ -116,28 +146,36 @@ class Role:
             exception_class, message = self.shut_down()
             self._heartbeat_stopped.set()
             heartbeat.join(timeout=self.config.heartbeat_interval)
-            self.process.deregister(exception_class, message, using=self.database)
+            retry_database_errors(
+                functools.partial(
+                    self.process.deregister, exception_class, message, using=self.database
+                ),
+                self.database,
+                f"deregister {self.name}",
+                wait=self.wakeup.wait,
+                give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,
+            )
             logger.info("%s stopped (%s)", self.name, self.stopping)
         return 0
 
     def register(self):
         """Register this process, waiting out database errors; None if told to stop first."""
-        failures = 0
-        while self.stopping is None:
-            try:
-                return Process.register(
+        try:
+            return retry_database_errors(
+                functools.partial(
+                    Process.register,
                     self.kind,
                     supervisor=Process(pk=self.supervisor_id),
                     metadata=self.metadata(),
                     using=self.database,
-                )
-            except DatabaseError:
-                failures += 1
-                delay = database_retry_delay(failures)
-                logger.exception("dq %s: cannot register; retrying in %.1fs", self.kind, delay)
-                connections[self.database].close()
-                self.wakeup.wait(delay)
-        return None
+                ),
+                self.database,
+                f"register a {self.kind}",
+                wait=self.wakeup.wait,
+                give_up=lambda failures: self.stopping is not None,
+            )
+        except DatabaseError:
+            return None  # told to stop meanwhile
 
     def start(self):
         """Set up what poll() needs, after registration."""

@@ -17,11 +17,13 @@ from django.db import DatabaseError, connections
 from ..exceptions import ProcessExitError
 from ..models import Process
 from .base import (
+    DEREGISTER_ATTEMPTS,
     GRACEFUL_SIGNALS,
     HANDLED_SIGNALS,
     IMMEDIATE_SIGNALS,
     Wakeup,
     database_retry_delay,
+    retry_database_errors,
 )
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
@@ -80,13 +82,27 @@ class Supervisor:
 
     def run(self):
         self.install_signal_handlers()
-        self.process = Process.register(
-            Process.Kind.SUPERVISOR,
-            metadata={"children": [child.description for child in self.plan()]},
-            using=self.database,
-        )
+        try:
+            self.process = retry_database_errors(
+                partial(
+                    Process.register,
+                    Process.Kind.SUPERVISOR,
+                    metadata={"children": [child.description for child in self.plan()]},
+                    using=self.database,
+                ),
+                self.database,
+                "register the supervisor",
+                wait=self.wait_for_signals,
+                give_up=lambda failures: self.stopping is not None,
+            )
+        except DatabaseError:
+            return 0  # told to stop before it could register
         logger.info("%s started (pid %s)", self.process.name, os.getpid())
-        self.maintain()
+        try:
+            self.maintain()
+        except DatabaseError:  # the loop maintains again
+            logger.exception("%s: database error; retrying", self.process.name)
+            connections[self.database].close()
         for child in self.plan():
             self.fork(child)
         next_heartbeat = next_maintenance = time.monotonic()
@@ -110,7 +126,18 @@ class Supervisor:
                     self.prune_not_before = None
         finally:
             self.stop_children()
-            self.process.deregister(ProcessExitError, "supervisor stopped", using=self.database)
+            retry_database_errors(
+                partial(
+                    self.process.deregister,
+                    ProcessExitError,
+                    "supervisor stopped",
+                    using=self.database,
+                ),
+                self.database,
+                f"deregister {self.process.name}",
+                wait=self.wakeup.wait,
+                give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,
+            )
             logger.info("%s stopped (%s)", self.process.name, self.stopping)
         return 0
 
@@ -231,6 +258,10 @@ class Supervisor:
         signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, lambda signum, frame: self._signals.append(signum))
+
+    def wait_for_signals(self, timeout):
+        self.wakeup.wait(timeout)
+        self.handle_signals()
 
     def handle_signals(self):
         while self._signals:

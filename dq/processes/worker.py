@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
@@ -20,6 +20,7 @@ from ..exceptions import (
     ExactlyOnceViolation,
     JobTimeoutError,
     ShutdownTimeoutError,
+    TransactionRolledBackError,
 )
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..models.job import describe_error, exception_path, jsonable, load_task
@@ -81,6 +82,15 @@ class WorkerTaskContext(TaskContext):
             .filter(pk=int(self.task_result.id), cancel_requested_at__isnull=False)
             .exists()
         )
+
+
+@dataclass
+class _Stage:
+    """How far an exactly_once run's transaction got: begun (its claim held), and the
+    task run."""
+
+    began: bool = False
+    ran: bool = False
 
 
 @dataclass
@@ -305,15 +315,17 @@ class Worker(Role):
                     functools.partial(self.finishes.submit, (job, self.claims_next()))
                 )
         except BaseException as error:  # a task's SystemExit must not stop the worker
-            ended = self.record_end(
-                functools.partial(
+            if isinstance(error, TransactionRolledBackError):
+                end = functools.partial(self.interrupt_run, job, error)
+            else:
+                end = functools.partial(
                     ClaimedExecution.fail,
                     job.claim_id,
                     describe_error(error),
                     worker_id=self.name,
                     using=self.database,
                 )
-            )
+            ended = self.record_end(end)
             # Announced while the error is handled: a receiver of task_finished that logs
             # (Django's own) logs its traceback.
             self.announce(job, ended, task, backend, error, time.monotonic() - started)
@@ -373,18 +385,51 @@ class Worker(Role):
 
     def run_exactly_once(self, job, task, result):
         """Run the task and record its success in one transaction: a crash, an error or an
-        interruption rolls back both, and the job runs again."""
-        with transaction.atomic(using=self.database):
+        interruption rolls back both, and the job runs again. A database error before
+        the task runs (a lock wait at BEGIN) is retried; one that rolls the transaction
+        back after it began running (a lock timeout, a deadlock, a failed commit) is
+        raised as TransactionRolledBackError, an interruption."""
+        stage = _Stage()
+        try:
+            return self.record_end(
+                functools.partial(self._run_in_one_transaction, job, task, result, stage),
+                retry=lambda error: not stage.began,  # nothing of the task ran: again
+                doing=f"begin job {job.pk}'s transaction",
+            )
+        except DatabaseError as error:
+            # Not a TransactionManagementError: a task that broke its own transaction.
+            lost_commit = stage.ran and isinstance(error, OperationalError | InterfaceError)
+            if lost_commit or vendor.for_alias(self.database).lock_conflict(error):
+                raise TransactionRolledBackError(
+                    f"the transaction of its run on {self.name} was rolled back: "
+                    f"{exception_path(type(error))}: {error}"
+                ) from error
+            raise
+
+    def _run_in_one_transaction(self, job, task, result, stage):
+        stage.began = stage.ran = False
+        with vendor.atomic(self.database):
             if not ClaimedExecution.hold(job.claim_id, using=self.database):
                 return None
+            stage.began = True
             run = self.runs.get(job.claim_id)
             if run is not None:
                 run.backend_pid = vendor.for_alias(self.database).session_id(self.database)
             with writes_confined_to(self.database):
                 value = self.call(job, task, result)
+            stage.ran = True
             return ClaimedExecution.finish(
                 job.claim_id, value, worker_id=self.name, using=self.database
             )
+
+    def interrupt_run(self, job, error):
+        """Record a run whose transaction was rolled back as an interruption: the job runs
+        again, as its delivery policy says. Returns the job, or None if its claim was
+        taken over."""
+        claim = ClaimedExecution.objects.filter(pk=job.claim_id)
+        if not ClaimedExecution.interrupt(claim, type(error), str(error), using=self.database):
+            return None
+        return Job.objects.using(self.database).get(pk=job.pk)
 
     def finish_batch(self, items):
         """Record runs that succeeded (each job's ``return_value`` set) in one transaction
@@ -408,22 +453,20 @@ class Worker(Role):
             (ended[job.claim_id], next(claimed, None) if wants else None) for job, wants in items
         ]
 
-    def record_end(self, write):
-        """Record how a job ended, retrying on database errors: a job must never stay
-        claimed by a live worker that is no longer running it."""
+    def record_end(self, write, *, retry=lambda error: True, doing="record a job's end"):
+        """Record how a job ended, retrying on database errors (those ``retry`` accepts): a
+        job must never stay claimed by a live worker that is no longer running it."""
         failures = 0
         while True:
             try:
                 return write()
-            except DatabaseError:
+            except DatabaseError as error:
                 failures += 1
                 self.database_errors += 1  # other threads' connections may be cut too
-                if self.stopping == "immediate":
+                if self.stopping == "immediate" or not retry(error):
                     raise
                 delay = database_retry_delay(failures)
-                logger.exception(
-                    "%s: cannot record a job's end; retrying in %.1fs", self.name, delay
-                )
+                logger.exception("%s: cannot %s; retrying in %.1fs", self.name, doing, delay)
                 connections[self.database].close()
                 time.sleep(delay)  # backoff between retries, in this job's own thread
 
