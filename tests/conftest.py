@@ -39,6 +39,8 @@ def subprocess_env(options=None):
             f"postgres://{settings['USER'] or ''}@{settings['HOST'] or ''}:"
             f"{settings['PORT'] or 5432}/{settings['NAME']}"
         )
+    if connection.vendor == "sqlite" and not settings["OPTIONS"].get("transaction_mode"):
+        env["DQ_TEST_SQLITE_DEFAULTS"] = "1"  # the sqlite_defaults_db fixture's database
     env["DQ_TEST_OPTIONS"] = json.dumps(options or {})
     env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     env["PYTHONPATH"] = str(ROOT)
@@ -280,5 +282,34 @@ def restartable_db(transactional_db, restartable_database):
     finally:
         with contextlib.suppress(Exception):
             pgcluster.ensure()
+        wrapper.close()
+        wrapper.settings_dict = saved
+
+
+@pytest.fixture
+def sqlite_defaults_db(transactional_db, tmp_path):
+    """Point the test's default database, and so every dq_work it starts, at a new SQLite
+    database with Django's default settings: deferred transactions, a 5 s lock timeout,
+    a rollback journal (no WAL)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("Django's default SQLite settings")
+    path = tmp_path / "defaults.sqlite3"
+    env = subprocess_env()
+    env.update(DATABASE_URL=f"sqlite:///{path}", DQ_TEST_SQLITE_DEFAULTS="1")
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    saved = wrapper.settings_dict
+    wrapper.close()
+    wrapper.settings_dict = {**saved, "NAME": str(path), "OPTIONS": {}}
+    try:
+        yield path
+    finally:
         wrapper.close()
         wrapper.settings_dict = saved
