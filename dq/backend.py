@@ -124,6 +124,17 @@ class DQBackend(BaseTaskBackend):
 
     def validate_task(self, task):
         super().validate_task(task)
+        queue_name, longest = task.queue_name, Job._meta.get_field("queue_name").max_length
+        if not (
+            isinstance(queue_name, str)
+            and 0 < len(queue_name) <= longest
+            and queue_name == queue_name.strip()
+            and not {",", "*"} & set(queue_name)
+        ):
+            raise InvalidTask(
+                f"queue_name must be 1 to {longest} characters without ',' or '*' or spaces "
+                f"around it (workers select queues by such names), not {queue_name!r}."
+            )
         max_attempts = getattr(task, "max_attempts", 1)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidTask(f"max_attempts must be a whole number >= 1, not {max_attempts!r}.")

@@ -1,15 +1,18 @@
 """dq's settings: defaults in one place, and the parsing of a backend's OPTIONS.
 
-Options are read from ``settings.TASKS[alias]["OPTIONS"]`` whenever they are
-asked for, so ``override_settings`` just works.
+Options are read from ``settings.TASKS[alias]["OPTIONS"]`` once, when first asked
+for, and again whenever ``override_settings`` changes TASKS or DATABASES.
 """
 
+import functools
 import random
 import zoneinfo
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
+from django.dispatch import receiver
 
 from .exceptions import ConfigurationError
 
@@ -86,12 +89,17 @@ class Configuration:
         if queues is None and threads is None and processes is None:
             return self
         base = self.workers[0] if self.workers else WorkerConfig()
-        changes = {"queues": queues, "threads": threads, "processes": processes}
-        worker = replace(base, **{k: v for k, v in changes.items() if v is not None})
         problems = []
-        _check_worker(worker, "command line", problems)
+        if threads is not None:
+            _check_positive(threads, "--threads", problems, integer=True)
+        if processes is not None:
+            _check_positive(processes, "--processes", problems, integer=True)
+        if queues is not None:
+            _check_selectors(queues, "--queues", problems)
         if problems:
             raise ConfigurationError("; ".join(p.message for p in problems))
+        changes = {"queues": queues, "threads": threads, "processes": processes}
+        worker = replace(base, **{k: v for k, v in changes.items() if v is not None})
         return replace(self, workers=(worker,))
 
 
@@ -154,7 +162,7 @@ def backend_options(alias):
 
 def load(alias):
     """The Configuration of backend ``alias``; ConfigurationError if OPTIONS are invalid."""
-    config, problems = parse(alias, backend_options(alias))
+    config, problems = parsed(alias)
     if problems:
         details = "\n".join(f"  {p.id}: {p.message}" for p in problems)
         raise ConfigurationError(f"Invalid OPTIONS for dq backend {alias!r}:\n{details}")
@@ -164,8 +172,21 @@ def load(alias):
 def max_interruptions(alias):
     """How often backend ``alias`` re-runs an interrupted at_least_once job; the default
     when its OPTIONS cannot be read (recovery must never stop on bad settings)."""
-    config, problems = parse(alias, backend_options(alias))
+    config, problems = parsed(alias)
     return DEFAULT_MAX_INTERRUPTIONS if problems else config.max_interruptions
+
+
+@functools.cache
+def parsed(alias):
+    """``parse`` of backend ``alias``'s OPTIONS, once per settings: read again after
+    ``override_settings`` changes TASKS or DATABASES."""
+    return parse(alias, backend_options(alias))
+
+
+@receiver(setting_changed)
+def _forget_parsed(*, setting, **kwargs):
+    if setting in ("TASKS", "DATABASES", "TIME_ZONE"):
+        parsed.cache_clear()
 
 
 def parse(alias, options):
@@ -318,17 +339,22 @@ def _check_worker(worker, where, problems):
         _check_positive(worker.max_jobs, f"{where}.max_jobs", problems, integer=True)
     if worker.max_memory is not None:
         _check_positive(worker.max_memory, f"{where}.max_memory", problems)
-    if not worker.queues:
-        problems.append(Problem("dq.E004", f"{where}.queues is empty; use ['*'] for every queue."))
-    for selector in worker.queues:
-        if not selector or "*" in selector[:-1]:
-            problems.append(
-                Problem(
-                    "dq.E004",
-                    f"{where}.queues has {selector!r}: a queue selector is a name, '*', "
-                    "or a prefix ending in '*' such as 'mail*'.",
-                )
+    _check_selectors(worker.queues, f"{where}.queues", problems)
+
+
+def _check_selectors(selectors, where, problems):
+    if not selectors:
+        problems.append(Problem("dq.E004", f"{where} is empty; use ['*'] for every queue."))
+    bad = [repr(s) for s in dict.fromkeys(selectors) if not s or "*" in s[:-1]]
+    if bad:
+        what = "is not a queue selector" if len(bad) == 1 else "are not queue selectors"
+        problems.append(
+            Problem(
+                "dq.E004",
+                f"{where}: {', '.join(bad)} {what}; a queue selector is a name, '*', or a "
+                "prefix ending in '*' such as 'mail*'.",
             )
+        )
 
 
 def _parse_section(section, config_class, keys, where, problems):

@@ -50,7 +50,7 @@ def subprocess_env(options=None):
 class DQWork:
     """A real ``manage.py dq_work`` in a subprocess, always reaped at the end of the test."""
 
-    def __init__(self, args, options, tmp_path, *, new_session=False):
+    def __init__(self, args, options, tmp_path, *, new_session=False, env=None):
         self.log_path = tmp_path / f"dq_work-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # In a session of its own, the supervisor and its children form one process group
@@ -59,7 +59,7 @@ class DQWork:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "django", "dq_work", *args],
             cwd=ROOT,
-            env=subprocess_env(options),
+            env={**subprocess_env(options), **(env or {})},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,
@@ -125,8 +125,8 @@ def dq_work(tmp_path):
     """Start ``dq_work`` with command-line ``args`` and backend ``options``; reaped afterwards."""
     started = []
 
-    def start(*args, options=None, new_session=False):
-        work = DQWork(args, options, tmp_path, new_session=new_session)
+    def start(*args, options=None, new_session=False, env=None):
+        work = DQWork(args, options, tmp_path, new_session=new_session, env=env)
         started.append(work)
         return work
 

@@ -384,11 +384,36 @@ def test_blocked_jobs_say_what_they_wait_for_and_can_be_discarded(operator):
     assert list(Job.objects.values_list("pk", flat=True)) == [int(running.id)]
 
 
+def test_run_now_on_a_blocked_job_says_it_exceeds_the_limit_and_asks_first(operator, worker):
+    limited.enqueue("first")
+    blocked = limited.enqueue("second")
+    scheduled = add.using(run_after=later()).enqueue(1, 1)
+
+    response = act(operator, JOBS, "run_jobs_now", int(blocked.id), int(scheduled.id))
+
+    page = response.content.decode()
+    assert "Run 1 blocked job now, over its concurrency limit?" in page
+    assert "waits for a slot of <code>limited</code> (at most 1 at once)" in page
+    assert 'value="Yes, run over the limit"' in page
+    assert job_of(blocked).status == Job.Status.BLOCKED
+    assert job_of(scheduled).status == Job.Status.SCHEDULED
+    assert not LogEntry.objects.exists()
+    form = page.split('<form method="post">')[1].split("</form>")[0]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form))
+    assert (fields["action"], fields["confirm"]) == ("run_jobs_now", "yes")
+
+
+def test_run_now_of_scheduled_jobs_only_asks_nothing(operator, worker):
+    scheduled = add.using(run_after=later()).enqueue(1, 1)
+    response = act(operator, JOBS, "run_jobs_now", int(scheduled.id))
+    assert messages_of(response) == ["1 job ready to run now."]
+
+
 def test_run_now_on_a_blocked_job_makes_it_ready_over_its_limit(operator, worker):
     running = limited.enqueue("first")
     blocked = limited.enqueue("second")
     waiting = limited.enqueue("third")
-    response = act_on_page(operator, int(blocked.id), "run_jobs_now")
+    response = act_on_page(operator, int(blocked.id), "run_jobs_now", confirm="yes")
     assert messages_of(response) == ["1 job ready to run now."]
     assert job_of(blocked).status == Job.Status.READY
     assert job_of(waiting).status == Job.Status.BLOCKED

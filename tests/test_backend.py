@@ -574,6 +574,18 @@ def test_invalid_task_options_raise_invalid_task(options, message):
         record.using(**options)
 
 
+@pytest.mark.parametrize("queue_name", ["", " ", " mail", "mail ", "a,b", "mail*", "x" * 101])
+def test_a_queue_name_no_worker_could_select_is_refused_at_enqueue(queue_name):
+    with pytest.raises(InvalidTask, match="queue_name must be 1 to 100 characters"):
+        record.using(queue_name=queue_name).enqueue("x")
+    assert not Job.objects.exists()
+
+
+def test_a_queue_name_of_100_characters_is_fine():
+    result = record.using(queue_name="q" * 100).enqueue("x")
+    assert Job.objects.get(pk=int(result.id)).queue_name == "q" * 100
+
+
 def test_valid_task_options_make_a_task():
     made = task(max_attempts=2, backoff=1.5, delivery="at_most_once", priority=-3)(plain)
     assert (made.max_attempts, made.backoff, made.delivery, made.priority) == (

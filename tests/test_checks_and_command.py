@@ -187,16 +187,22 @@ def test_dq_work_with_an_unknown_backend_is_a_command_error():
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--threads", "0"], "threads must be a whole number > 0"),
-        (["--processes", "-1"], "processes must be a whole number >= 0"),
-        (["--queues", "a,ma*il"], "'ma*il'"),
-        (["--queues", "a,,b"], "''"),
+        (["--threads", "0"], "--threads must be a whole number > 0, not 0."),
+        (["--processes", "0"], "--processes must be a whole number > 0, not 0."),
+        (["--processes", "-1"], "--processes must be a whole number > 0, not -1."),
+        (["--queues", "a,ma*il"], "--queues: 'ma*il' is not a queue selector; a queue selector"),
+        (["--queues", "a,,b"], "--queues: '' is not a queue selector; a queue selector is a"),
+        (["--queues", ""], "--queues: '' is not a queue selector; a queue selector is a name"),
+        (["--queues", " , "], "--queues: '' is not a queue selector; a queue selector is a"),
+        (["--queues", "x*y,,"], "--queues: 'x*y', '' are not queue selectors; a queue"),
     ],
 )
 def test_dq_work_with_invalid_overrides_is_a_command_error(args, needle):
     with pytest.raises(CommandError) as raised:
         call_command("dq_work", *args)
-    assert needle in str(raised.value)
+    message = str(raised.value)
+    assert message.startswith(needle)
+    assert message.count("selector is") <= 1  # said once
 
 
 def test_dq_work_on_a_backend_that_is_not_dq_is_a_command_error():
@@ -278,3 +284,13 @@ def test_with_worker_overrides_replaces_the_worker_groups():
 def test_parse_queues_keeps_the_order_and_strips_spaces():
     assert conf.parse_queues("b, a ,mail*") == ("b", "a", "mail*")
     assert conf.parse_queues(["x", "y"]) == ("x", "y")
+
+
+def test_options_are_parsed_once_and_again_when_the_settings_change():
+    from dq.admin.overview import admin_config
+
+    assert conf.load("default") is conf.load("default") is admin_config()
+    with override_settings(TASKS=tasks_with({"shutdown_timeout": 3})):
+        assert conf.load("default").shutdown_timeout == 3
+        assert admin_config() is conf.load("default")
+    assert conf.load("default").shutdown_timeout == 10

@@ -28,7 +28,7 @@ from dq.models import (
     Semaphore,
 )
 
-from .conftest import wait_until
+from .conftest import subprocess_env, wait_until
 from .flow_tasks import (
     pair_member,
     per_account,
@@ -40,6 +40,7 @@ from .flow_tasks import (
     unique_record,
 )
 from .models import Run
+from .racing import run_in_django
 from .tasks import add, boom
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,7 +217,7 @@ ROUNDS = 10
 
 
 def enqueue_racing(barrier, results, index):
-    """In a forked process: for each round, wait for every racer, then enqueue the same
+    """In a process of its own: for each round, wait for every racer, then enqueue the same
     unique jobs as all the others at once. Reports (round, kind, id) or an error."""
     try:
         for round_ in range(ROUNDS):
@@ -234,12 +235,14 @@ def enqueue_racing(barrier, results, index):
 
 @pytest.mark.timeout(180)
 def test_concurrent_enqueues_of_a_unique_job_make_one_job():
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(RACERS)
     results = context.Queue()
-    connections.close_all()  # a forked child must never share the parent's sockets
     racers = [
-        context.Process(target=enqueue_racing, args=(barrier, results, index))
+        context.Process(
+            target=run_in_django,
+            args=(subprocess_env(), f"{__name__}.enqueue_racing", barrier, results, index),
+        )
         for index in range(RACERS)
     ]
     for racer in racers:

@@ -202,6 +202,19 @@ def test_dead_idle_worker_is_replaced(dq_work):
     assert "killed by SIGKILL" in work.output()
 
 
+def test_the_supervisor_never_forks_while_it_runs_threads(dq_work):
+    """Python warns when a process with threads forks (the child gets their locks in
+    whatever state they were): the supervisor forks its children, and again a replacement
+    for a dead one, from its one thread."""
+    work = dq_work(options=fast(), env={"PYTHONWARNINGS": "always::DeprecationWarning"})
+    supervisor, [worker], _ = started(work)
+    os.kill(worker.pid, signal.SIGKILL)
+    wait_for_replacement(supervisor, worker)
+    assert work.stop() == 0
+    assert "multi-threaded" not in work.output()
+    assert "DeprecationWarning" not in work.output()
+
+
 def test_dead_dispatcher_is_replaced(dq_work):
     work = dq_work(options=fast())
     supervisor, _, dispatcher = started(work)

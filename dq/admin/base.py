@@ -7,9 +7,11 @@ from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponseRedirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.functional import cached_property
+from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from ..exceptions import TransitionNotAllowed
@@ -211,6 +213,9 @@ class JobActionsMixin:
     )
     def run_jobs_now(self, request, queryset):
         selected = self.jobs_of(queryset).values("pk")
+        blocked = BlockedExecution.objects.using(self.db).filter(job_id__in=selected)
+        if request.POST.get("confirm") != "yes" and blocked.exists():
+            return self.confirm_run_over_limit(request, blocked)
         moved = 0
         for execution, state in ((ScheduledExecution, "scheduled"), (BlockedExecution, "blocked")):
             waiting = execution.objects.using(self.db).filter(job_id__in=selected)
@@ -229,19 +234,68 @@ class JobActionsMixin:
             )
 
     def confirm_discard(self, request, queryset):
-        """A page that names what would be discarded and posts the same action again with
-        ``confirm=yes``: deleting jobs cannot be undone."""
+        """Deleting jobs cannot be undone: a page names what would go first."""
         jobs = self.jobs_of(queryset)
         count = jobs.order_by().values("pk")[: CappedCountPaginator.cap + 1].count()
-        shown = list(jobs.only("task_path", "status").order_by("-pk")[:NAMED_IN_MESSAGES])
+        shown = jobs.only("task_path", "status").order_by("-pk")[:NAMED_IN_MESSAGES]
+        capped = count > CappedCountPaginator.cap
+        count = min(count, CappedCountPaginator.cap)
+        return self.confirm(
+            request,
+            action_label="Discard",
+            question=f"Discard {count}{'+' if capped else ''} job{pluralize(count)}? A "
+            "discarded job is deleted with its attempt history, and this cannot be undone. "
+            "Running and finished jobs among them are kept.",
+            jobs=[(job, state_badge(job.status)) for job in shown],
+            more=count - len(shown),
+            capped=capped,
+            confirm_label="Yes, discard",
+        )
+
+    def confirm_run_over_limit(self, request, blocked):
+        """A blocked job run now takes a slot its concurrency key does not have: it runs
+        beside the jobs that hold the key's slots, over the key's limit."""
+        shown = list(blocked.select_related("job").order_by("-job_id")[:NAMED_IN_MESSAGES])
+        count = blocked.order_by().values("pk")[: CappedCountPaginator.cap + 1].count()
+        capped = count > CappedCountPaginator.cap
+        count = min(count, CappedCountPaginator.cap)
+        return self.confirm(
+            request,
+            action_label="Run now",
+            question=f"Run {count}{'+' if capped else ''} blocked job{pluralize(count)} now, "
+            f"over {'its' if count == 1 else 'their'} concurrency limit? A blocked job waits "
+            "for a free slot of its concurrency key; run now, it runs beside the jobs that "
+            "hold the key's slots, so more of them run at once than the limit allows. "
+            "Scheduled jobs among the selection run now too.",
+            jobs=[
+                (
+                    execution.job,
+                    format_html(
+                        "waits for a slot of <code>{}</code> (at most {} at once)",
+                        execution.concurrency_key,
+                        execution.job.concurrency_limit,
+                    ),
+                )
+                for execution in shown
+            ],
+            more=count - len(shown),
+            capped=capped,
+            confirm_label="Yes, run over the limit",
+        )
+
+    def confirm(self, request, *, action_label, question, jobs, more, capped, confirm_label):
+        """A page that asks ``question`` about ``jobs`` (with ``more`` not shown) and posts
+        the same action again with ``confirm=yes``."""
         context = {
             **self.admin_site.each_context(request),
-            "title": "Discard jobs?",
+            "title": f"{action_label}?",
             "opts": self.opts,
-            "jobs": [(job, state_badge(job.status)) for job in shown],
-            "count": min(count, CappedCountPaginator.cap),
-            "capped": count > CappedCountPaginator.cap,
-            "more": min(count, CappedCountPaginator.cap) - len(shown),
+            "action_label": action_label,
+            "question": question,
+            "jobs": jobs,
+            "more": more,
+            "capped": capped,
+            "confirm_label": confirm_label,
             "resend": [
                 (name, value)
                 for name, values in request.POST.lists()
@@ -251,7 +305,7 @@ class JobActionsMixin:
             "back_url": request.get_full_path(),
             "media": self.media,
         }
-        return TemplateResponse(request, "admin/dq/discard_confirmation.html", context)
+        return TemplateResponse(request, "admin/dq/action_confirmation.html", context)
 
     def log_jobs(self, request, jobs, action_flag, message):
         if jobs:

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 from django.tasks import default_task_backend
 from django.utils import timezone
 
+from dq.models import Job
 from example.tasks import (
     charge_card,
     export_orders,
@@ -54,12 +55,20 @@ class Command(BaseCommand):
         )
         results.append(cancelled)
 
+        # dq's own states: django.tasks says READY for scheduled and blocked jobs too, and
+        # FAILED for a cancelled one.
+        states = dict(
+            Job.objects.filter(pk__in=[int(result.id) for result in results]).values_list(
+                "pk", "status"
+            )
+        )
         for result in results:
-            self.stdout.write(f"{result.id}  {result.task.name}  {result.status}")
+            self.stdout.write(f"{result.id}  {result.task.name}  {states[int(result.id)]}")
         self.stdout.write(self.style.SUCCESS(f"Enqueued {len(results)} jobs."))
         self.stdout.write(
             f"rebuild_search_index enqueued twice: job {first.id}, then job {again.id} again.\n"
-            f"Cancel the running export (job {long_export.id}) with:\n"
+            f"The export (job {long_export.id}) runs for two minutes once a worker takes it; "
+            "cancel it while it runs with:\n"
             f'  python manage.py shell -c "from django.tasks import default_task_backend; '
             f"default_task_backend.cancel('{long_export.id}')\""
         )
