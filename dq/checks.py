@@ -33,10 +33,12 @@ def check_backend(backend):
             messages.append(
                 Warning(
                     f"DATABASES[{config.database!r}] is SQLite without "
-                    "OPTIONS['transaction_mode'] = 'IMMEDIATE'; several dq processes will then "
-                    "fail with 'database is locked'.",
-                    hint="Add 'transaction_mode': 'IMMEDIATE' and a 'timeout' of a few seconds "
-                    "to the database's OPTIONS.",
+                    "OPTIONS['transaction_mode'] = 'IMMEDIATE': dq works, but the project's "
+                    "own transactions that read before they write can fail with 'database is "
+                    "locked' while dq's processes write.",
+                    hint="Add 'transaction_mode': 'IMMEDIATE', a 'timeout' of 20 seconds and "
+                    "\"init_command\": \"PRAGMA journal_mode=WAL;\" to the database's OPTIONS "
+                    "(see dq's README, SQLite).",
                     obj=where,
                     id="dq.W001",
                 )
