@@ -398,8 +398,9 @@ def test_jobs_alike_in_every_column_are_each_inserted(db):
 def test_a_value_too_long_for_its_column_is_refused_not_cut(db):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite does not enforce a column's length")
-    with pytest.raises(DataError), transaction.atomic():
-        record.using(queue_name="q" * 150).enqueue("long")
+    long = Job(task_path="tests.tasks.record", queue_name="q" * 150, backend="default")
+    with pytest.raises(DataError), transaction.atomic():  # the backend refuses it earlier
+        Job.enqueue([long, long.copy_with(args=["x"])], using="default")
     assert not Job.objects.exists()
 
 
