@@ -35,6 +35,7 @@ from django.utils import timezone  # noqa: E402
 
 from benchmarks import ceiling, tasks  # noqa: E402
 from dq.models import ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
+from dq.queues import QueueSelector  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".bench" / "logs"
@@ -531,7 +532,9 @@ def measure_claims(calls):
     try:
         for _ in range(calls):
             began = time.perf_counter()
-            jobs = ReadyExecution.claim(("*",), 10, process, backend="default", using="default")
+            jobs = ReadyExecution.claim(
+                (QueueSelector("*"),), 10, process, backend="default", using="default"
+            )
             claims.append(time.perf_counter() - began)
             for job in jobs:
                 began = time.perf_counter()

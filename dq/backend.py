@@ -21,7 +21,7 @@ from .conf import (
     exponential_backoff,  # noqa: F401 - part of the public surface
 )
 from .models import ClaimedExecution, Job
-from .models.job import jsonable, load_task
+from .serialization import jsonable, load_task
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning
 
 from . import conf
-from .models.job import load_task
+from .serialization import load_task
 
 
 def check_backend(backend):
@@ -37,7 +37,7 @@ def check_backend(backend):
                     "own transactions that read before they write can fail with 'database is "
                     "locked' while dq's processes write.",
                     hint="Add 'transaction_mode': 'IMMEDIATE', a 'timeout' of 20 seconds and "
-                    "\"init_command\": \"PRAGMA journal_mode=WAL;\" to the database's OPTIONS "
+                    '"init_command": "PRAGMA journal_mode=WAL;" to the database\'s OPTIONS '
                     "(see dq's README, SQLite).",
                     obj=where,
                     id="dq.W001",

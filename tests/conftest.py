@@ -313,3 +313,12 @@ def sqlite_defaults_db(transactional_db, tmp_path):
     finally:
         wrapper.close()
         wrapper.settings_dict = saved
+
+
+@pytest.fixture
+def generic_database(db, monkeypatch):
+    """Every alias worked through dq.db.base.Database, the class for a database without
+    one of its own, whatever the database is."""
+    from dq import db as dq_db
+
+    monkeypatch.setattr(dq_db, "BY_VENDOR", {})

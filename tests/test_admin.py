@@ -744,17 +744,21 @@ def test_actions_are_post_only_and_need_a_csrf_token(admin_user, worker):
 # --- the model transitions behind the bulk actions ----------------------------------------
 
 
-def test_retry_all_and_discard_all_work_in_batches_by_primary_key(worker):
+def test_retry_and_discard_work_in_batches_by_primary_key(worker):
     jobs = [failed_job(worker) for _ in range(5)]
-    assert (
-        FailedExecution.retry_all(FailedExecution.objects.all(), batch_size=2, using="default") == 5
+    retried = FailedExecution.retry_batches(
+        FailedExecution.objects.all(), batch_size=2, using="default"
     )
-    assert (
-        FailedExecution.retry_all(FailedExecution.objects.all(), batch_size=2, using="default") == 0
-    )
+    assert [[job.pk for job in batch] for batch in retried] == [
+        [jobs[0].pk, jobs[1].pk],
+        [jobs[2].pk, jobs[3].pk],
+        [jobs[4].pk],
+    ]
+    assert not list(FailedExecution.retry_batches(FailedExecution.objects.all(), using="default"))
     assert set(ReadyExecution.objects.values_list("job_id", flat=True)) == {j.pk for j in jobs}
     worker.claim(limit=1)
-    assert Job.discard_all(Job.objects.all(), batch_size=2, using="default") == (4, 1)
+    discarded = Job.discard_batches(Job.objects.all(), batch_size=2, using="default")
+    assert [(len(gone), len(kept)) for gone, kept in discarded] == [(1, 1), (2, 0), (1, 0)]
     assert Job.objects.get().status == Job.Status.RUNNING
 
 

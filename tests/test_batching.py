@@ -16,15 +16,16 @@ from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from dq import db as vendor
-from dq.db import postgresql
+from dq.db import Database, postgresql
+from dq.db import database as db_of
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
 from dq.processes.batching import BatchWriteError, GroupCommit
+from dq.queues import QueueSelector
 
 from .conftest import InProcessWorker, wait_until
 from .flow_tasks import per_account, unique_for_a_minute, unique_record
-from .tasks import add, record, return_nul
+from .tasks import add, flaky, record, return_nul
 
 pytestmark = pytest.mark.django_db
 
@@ -167,24 +168,22 @@ def ended_through(finish, value):
 @pytest.mark.parametrize(
     "value", [None, 3, 2.5, 'it\'s "quoted" \u00e9', [1, True, None], {"a": {"b": []}}]
 )
-def test_an_end_records_the_same_attempt_and_value_as_the_orm_would(db, value):
-    """On SQLite ends are written by dq's own statements (dq.db.sqlite); the ORM path
-    (older SQLite, other databases) must read back the same."""
+def test_an_end_records_the_same_attempt_and_value_as_the_generic_database_would(db, value):
+    """Each database's own statements for an end (dq.db.sqlite, dq.db.postgresql) must
+    read back as the generic class's statements (any database) do."""
     worker_id = "worker-same"
 
-    def by_statements(claim_id, value):
-        with transaction.atomic():
-            ClaimedExecution._finish({claim_id: value}, worker_id, "default")
+    def through(database):
+        def finish(claim_id, value):
+            with transaction.atomic():
+                database.finish({claim_id: value}, worker_id=worker_id, now=timezone.now())
 
-    def by_orm(claim_id, value):
-        with transaction.atomic():
-            ClaimedExecution._finish_with_orm(
-                {claim_id: value}, worker_id, timezone.now(), "default"
-            )
+        return finish
 
-    ours, orms = ended_through(by_statements, value), ended_through(by_orm, value)
+    ours = ended_through(through(db_of("default")), value)
+    generic = ended_through(through(Database("default")), value)
 
-    for job in (ours, orms):
+    for job in (ours, generic):
         assert job.status == Job.Status.SUCCESSFUL and job.return_value == value
         [attempt] = job.attempts
         assert set(attempt) == {"worker_id", "started_at", "finished_at", "error"}
@@ -213,20 +212,22 @@ def test_an_empty_poll_on_sqlite_does_not_wait_for_the_write_lock():
         writer.close()
 
 
-def test_before_sqlite_3_35_claims_and_ends_take_the_orm_paths(db, monkeypatch):
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's versions")
-    monkeypatch.setattr(vendor.sqlite3, "sqlite_version_info", (3, 34, 1))
-    assert vendor.for_alias("default") is vendor.generic
-    for n in range(3):
-        add.enqueue(n, n)
+def test_the_generic_database_runs_the_whole_flow_on_this_database(generic_database):
+    """The class any database without one of its own uses (dq.db.base.Database), here on
+    SQLite or PostgreSQL: enqueue one and many, claim, end, retry, schedule."""
+    assert type(db_of("default")) is Database
+    add.enqueue_many([((n, n), {}) for n in range(3)])
+    flaky_result = flaky.enqueue("generic", 1)
+    later = add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(9, 9)
 
     with CaptureQueriesContext(connection) as queries:
         done = InProcessWorker().work_off()
 
-    assert [job.return_value for job in done] == [0, 2, 4]
+    assert sorted(job.return_value for job in done if job.task_path.endswith("add")) == [0, 2, 4]
+    assert flaky.get_result(flaky_result.id).return_value == 2
+    assert Job.objects.get(pk=int(later.id)).status == Job.Status.SCHEDULED
     assert not any("json_each" in statement for statement in statements(queries))
-    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 3
+    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 4
 
 
 # --- GroupCommit -------------------------------------------------------------------------
@@ -424,14 +425,11 @@ def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
     if connection.vendor != "postgresql":
         pytest.skip("plans of prepared statements: PostgreSQL's")
     add.enqueue_many([((n, n), {}) for n in range(3000)])
-    sql, _ = postgresql.claim_statement("*", 3)
-    names = []
-
-    def placeholder(match):
-        names.append(match.group(1))
-        return f"${len(names)}"
-
-    prepared = re.sub(r"%\((\w+)\)s", placeholder, sql)
+    sql, selector_params = postgresql.claim_statement(QueueSelector("*"), 3)
+    assert selector_params == []
+    names = ["backend", "process_id", "now"]  # the claim's parameters, in order
+    numbers = iter(range(1, len(names) + 1))
+    prepared = re.sub(r"%s", lambda match: f"${next(numbers)}", sql)
     types = {"process_id": "bigint", "now": "timestamptz", "backend": "text"}
     values = {"process_id": "0", "now": "now()", "backend": "'default'"}
     with connection.cursor() as cursor:

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from dq import db
+from dq.db import database
 from dq.models import Job, Process
 
 from .tasks import add, always_boom, limited
@@ -27,7 +27,7 @@ def test_a_dq_transaction_takes_sqlites_write_lock_when_it_begins_whatever_the_m
     connection.transaction_mode = None  # Django's default: BEGIN (DEFERRED)
     try:
         with CaptureQueriesContext(connection) as queries:
-            with db.atomic("default"):
+            with database("default").atomic():
                 Job.objects.count()
                 with transaction.atomic():  # what runs inside is the project's own
                     pass

@@ -444,11 +444,11 @@ def test_a_slot_whose_holder_vanished_is_reclaimed_once_the_semaphore_expires(wo
     Job.objects.filter(pk=int(holder.id)).delete()
     assert free_slots("account-1") == 0
 
-    assert Semaphore.reclaim_expired(using="default") == 0  # not expired yet
+    assert BlockedExecution.reclaim_expired_slots(using="default") == 0  # not expired yet
     assert status(waiting) == Job.Status.BLOCKED
 
     expire("account-1")
-    assert Semaphore.reclaim_expired(using="default") == 1
+    assert BlockedExecution.reclaim_expired_slots(using="default") == 1
 
     assert (status(waiting), executions(waiting)) == (Job.Status.READY, ["ready"])
     semaphore = Semaphore.objects.get(key="account-1")
@@ -464,7 +464,7 @@ def test_an_expired_semaphore_keeps_the_slots_of_jobs_still_running(worker):
     job = claim_only(worker, holder)
     expire("account-1")
 
-    assert Semaphore.reclaim_expired(using="default") == 0
+    assert BlockedExecution.reclaim_expired_slots(using="default") == 0
 
     assert status(waiting) == Job.Status.BLOCKED
     assert free_slots("account-1") == 0
@@ -477,7 +477,7 @@ def test_an_expired_semaphore_nobody_uses_is_deleted(worker):
     worker.work_off()
     expire("account-1")
 
-    Semaphore.reclaim_expired(using="default")
+    BlockedExecution.reclaim_expired_slots(using="default")
 
     assert not Semaphore.objects.exists()
 
@@ -708,7 +708,7 @@ def finished(task, *args, status, ago):
     """A job of ``task`` that ended ``ago`` (a timedelta) in ``status``."""
     result = task.enqueue(*args)
     job = job_of(result)
-    execution = job.execution_model()
+    execution = Job.execution_model(job.status)
     execution.objects.filter(job=job).delete()
     job.status, job.finished_at = status, timezone.now() - ago
     job.save()

@@ -20,6 +20,7 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
+from dq.queues import QueueSelector
 
 from .conftest import pid_alive, wait_until
 from .models import Run
@@ -520,7 +521,9 @@ def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
         last_heartbeat_at=timezone.now() - timedelta(hours=1),
     )
     result = record.enqueue("orphan")
-    [claimed] = ReadyExecution.claim(("*",), 1, ghost, backend="default", using="default")
+    [claimed] = ReadyExecution.claim(
+        (QueueSelector("*"),), 1, ghost, backend="default", using="default"
+    )
     assert claimed.pk == int(result.id)
     assert job_of(result).status == Job.Status.RUNNING
 

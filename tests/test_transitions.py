@@ -405,13 +405,13 @@ def test_retry_of_a_failed_job_runs_it_once_more_and_keeps_its_history(worker):
     assert result.status == TaskResultStatus.FAILED
     failed = FailedExecution.objects.get(job_id=int(result.id))
 
-    assert failed.retry(using="default") is True
+    assert FailedExecution.retry(failed.job_id, using="default") is True
 
     job = Job.objects.get(pk=int(result.id))
     assert state(job) == (Job.Status.READY, ["ready"])
     assert job.finished_at is None
     assert len(job.attempts) == 1
-    assert failed.retry(using="default") is False  # already retried
+    assert FailedExecution.retry(failed.job_id, using="default") is False  # already retried
 
     assert [j.pk for j in worker.work_off()] == [job.pk]
     result.refresh()
@@ -435,7 +435,7 @@ def test_a_retried_job_that_fails_again_runs_only_once_more(worker):
         )
     assert state(job) == (Job.Status.FAILED, ["failed"])
 
-    FailedExecution.objects.get(job_id=job.pk).retry(using="default")
+    FailedExecution.retry(job.pk, using="default")
     assert len(worker.work_off()) == 1
 
     assert state(job) == (Job.Status.FAILED, ["failed"])

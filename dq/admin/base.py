@@ -16,7 +16,7 @@ from django.utils.text import capfirst
 
 from ..exceptions import TransitionNotAllowed
 from ..models import BlockedExecution, FailedExecution, Job, ScheduledExecution
-from ..models.job import pk_batches
+from ..models.paging import pk_batches
 from .display import state_badge
 from .overview import admin_config
 
@@ -195,7 +195,7 @@ class JobActionsMixin:
         if discarded:
             self.message_user(request, f"Discarded {jobs_count(discarded)}.", messages.SUCCESS)
         for job in named:
-            self.message_user(request, refusal(job), messages.WARNING)
+            self.message_user(request, job.why_not_discarded(), messages.WARNING)
         if kept > len(named):
             self.message_user(
                 request,
@@ -319,15 +319,3 @@ class JobActionsMixin:
 
 def jobs_count(count):
     return f"{count} job" if count == 1 else f"{count} jobs"
-
-
-def refusal(job):
-    """Why ``job`` was not discarded."""
-    if job.status == Job.Status.RUNNING:
-        return (
-            f"Job {job.pk} was not discarded: it is running on a worker, and can be discarded "
-            "once it has ended."
-        )
-    if job.status == Job.Status.SUCCESSFUL:
-        return f"Job {job.pk} was not discarded: it has finished."
-    return f"Job {job.pk} was not discarded: it changed state meanwhile; reload and try again."

@@ -7,7 +7,6 @@ from django.contrib import admin
 from django.db.models import Q
 from django.utils import timezone
 
-from ..models import Job
 from .overview import STATE_BY_NAME, STATES, admin_config, known_queues, recent_tasks
 
 
@@ -45,8 +44,7 @@ class JobQueueFilter(QueueFilter):
         if not self.value():
             return queryset
         # Naming the jobs' status lets the jobs' (status, queue_name) index find them.
-        status = {model: status for status, model in Job.execution_models().items()}
-        return queryset.filter(job__queue_name=self.value(), job__status=status[queryset.model])
+        return queryset.filter(job__queue_name=self.value(), job__status=queryset.model.status)
 
 
 class TaskFilter(admin.SimpleListFilter):

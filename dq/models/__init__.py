@@ -2,7 +2,7 @@ from .blocked import BlockedExecution
 from .claimed import ClaimedExecution
 from .failed import FailedExecution
 from .job import Job
-from .pause import Pause
+from .pause import Pause, Queue
 from .process import Process
 from .ready import ReadyExecution
 from .recurring import RecurringExecution, RecurringTask
@@ -16,6 +16,7 @@ __all__ = [
     "Job",
     "Pause",
     "Process",
+    "Queue",
     "ReadyExecution",
     "RecurringExecution",
     "RecurringTask",

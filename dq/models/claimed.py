@@ -1,32 +1,48 @@
-import json
+import logging
+from typing import Any
 
-from django.db import connections, models
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import models
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from .. import conf
-from .. import db as vendor
-from .job import Job, exception_path
-from .process import Process
+from ..db import database
+from ..queues import QueueSelector
+from ..serialization import describe_interruption
+from .execution import Execution
+from .job import Job
+
+logger = logging.getLogger(__name__)
 
 
-class ClaimedExecution(models.Model):
+class ClaimedExecution(Execution):
     """A job a worker has claimed and is running: the attempt in progress."""
 
+    # The status of the jobs this table holds.
+    status = Job.Status.RUNNING
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="claimed_execution")
     # No constraint: a claim outlives a process row deleted by pruning, until recovered.
     process = models.ForeignKey(
-        Process, on_delete=models.DO_NOTHING, db_constraint=False, related_name="claims"
+        "dq.Process", on_delete=models.DO_NOTHING, db_constraint=False, related_name="claims"
     )
     claimed_at = models.DateTimeField()
 
     class Meta:
         db_table = "dq_claimed_execution"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"job {self.job_id} claimed by process {self.process_id}"
 
+    @property
+    def worker_id(self) -> str:
+        try:
+            return self.process.name
+        except ObjectDoesNotExist:
+            return f"process-{self.process_id}"
+
     @classmethod
-    def _relock(cls, claim_ids, using):
+    def _relock(cls, claim_ids: list[int], using: str) -> list["ClaimedExecution"]:
         """The claims with their jobs, locked, in id order; those someone else already
         ended are missing."""
         return list(
@@ -38,7 +54,7 @@ class ClaimedExecution(models.Model):
         )
 
     @classmethod
-    def hold(cls, claim_id, *, using):
+    def hold(cls, claim_id: int, *, using: str) -> bool:
         """Lock a claim until the current transaction ends: an exactly_once run holds its
         claim, so nobody can interrupt it while it may still commit. False if it is gone."""
         return cls.objects.using(using).select_for_update().filter(pk=claim_id).exists()
@@ -46,13 +62,13 @@ class ClaimedExecution(models.Model):
     # Whoever deletes a claim releases its job's concurrency slot, in the same transaction.
 
     @classmethod
-    def finish(cls, claim_id, return_value, *, worker_id, using):
+    def finish(cls, claim_id: int, return_value: Any, *, worker_id: str, using: str) -> Job | None:
         """Record a successful run. Returns the job, or None if the claim was taken over."""
-        with vendor.atomic(using):
+        with database(using).atomic():
             return cls._finish({claim_id: return_value}, worker_id, using)[claim_id]
 
     @classmethod
-    def finish_many(cls, jobs, *, worker_id, using):
+    def finish_many(cls, jobs: list[Job], *, worker_id: str, using: str) -> dict[int, Job | None]:
         """Record successful runs of one worker together, in a few statements whatever
         their number: ``jobs`` are claimed jobs (``claim_id`` set), each with the
         ``return_value`` of its run.
@@ -60,113 +76,67 @@ class ClaimedExecution(models.Model):
         Returns ``{claim_id: job}``, the job None where its claim was taken over.
         """
         return_values = {job.claim_id: job.return_value for job in jobs}
-        if vendor.for_alias(using).FINISH_STATEMENT is None or any(
-            job.concurrency_key for job in jobs
-        ):
-            # More than one statement: ending the claims, and giving their slots back.
-            with vendor.atomic(using):
+        if any(job.concurrency_key for job in jobs):
+            # Giving their slots back is more statements: one transaction for them all.
+            with database(using).atomic():
                 return cls._finish(return_values, worker_id, using)
-        with vendor.one_statement(using):
-            return cls._finish(return_values, worker_id, using)
+        return cls._finish(return_values, worker_id, using)
 
     @classmethod
-    def finish_and_claim(cls, jobs, *, selector, limit, process, backend, using):
+    def finish_and_claim(
+        cls,
+        jobs: list[Job],
+        *,
+        selector: QueueSelector,
+        limit: int,
+        process: Any,
+        backend: str,
+        using: str,
+    ) -> tuple[dict[int, Job | None], list[Job]]:
         """``finish_many`` for ``process``'s runs ``jobs`` and, in the same transaction, a
         claim of up to ``limit`` ready jobs of the queues ``selector`` names for the threads
         those runs free (jobs of backend alias ``backend``): one statement on PostgreSQL;
-        on other databases the ORM's statements in one transaction (on SQLite, one hold
-        of the write lock). Runs that hold concurrency slots are only finished: giving a
-        slot back may release a blocked job, which the worker's loop then claims in
-        priority order.
+        on SQLite one hold of the write lock. Runs that hold concurrency slots are only
+        finished: giving a slot back may release a blocked job, which the worker's loop
+        then claims in priority order.
 
         Returns ``({claim_id: job}, [claimed jobs])``, as finish_many and claim do.
         """
-        from .ready import ReadyExecution
-
         if not limit or any(job.concurrency_key for job in jobs):
             return cls.finish_many(jobs, worker_id=process.name, using=using), []
         return_values = {job.claim_id: job.return_value for job in jobs}
-        make_statement = vendor.for_alias(using).finish_and_claim_statement
-        if make_statement is None:
-            with vendor.atomic(using):
-                ended = cls._finish(return_values, process.name, using)
-                claimed = ReadyExecution.claim(
-                    (selector,), limit, process, backend=backend, using=using
-                )
-                return ended, claimed
-        sql, params = make_statement(selector, limit)
-        params.update(
-            cls._finish_parameters(return_values, process.name),
-            process_id=process.pk,
+        returned = database(using).finish_and_claim(
+            return_values,
+            selector,
+            limit,
+            worker_id=process.name,
             backend=backend,
+            process_id=process.pk,
+            now=timezone.now(),
         )
-        with vendor.one_statement(using):
-            rows = Job.run_returning(sql, params, using=using)
+        rows = Job.from_returned(returned, using=using)
         ended = {job.claim_id: job for job in rows if job.claim_id in return_values}
         claimed = [job for job in rows if job.claim_id not in return_values]
+        claimed.sort(key=lambda job: (-job.priority, job.pk))
         return {claim_id: ended.get(claim_id) for claim_id in return_values}, claimed
 
-    @staticmethod
-    def _as_json_text(return_values):
-        """``{claim_id: return value}`` with each value as the JSON text a statement
-        writes, or None (SQL NULL)."""
-        return {
-            claim_id: None if value is None else json.dumps(value)
-            for claim_id, value in return_values.items()
-        }
-
     @classmethod
-    def _finish_parameters(cls, return_values, worker_id):
-        return {
-            "claim_ids": list(return_values),
-            "return_values": list(cls._as_json_text(return_values).values()),
-            "worker_id": worker_id,
-            "now": timezone.now(),
-        }
-
-    @classmethod
-    def _finish(cls, return_values, worker_id, using):
-        database = vendor.for_alias(using)
-        if database.FINISH_STATEMENT is not None:
-            jobs = Job.run_returning(
-                database.FINISH_STATEMENT,
-                cls._finish_parameters(return_values, worker_id),
-                using=using,
-            )
-            ended = {job.claim_id: job for job in jobs}
-        elif database.finish_in_transaction is not None:
-            now = timezone.now()
-            returned = database.finish_in_transaction(
-                connections[using],
-                cls._as_json_text(return_values),
-                attempt=lambda started_at: Job.attempt(worker_id, started_at, now),
-                now=now,
-            )
-            ended = {job.claim_id: job for job in Job.from_returned(*returned, using=using)}
-        else:
-            ended = cls._finish_with_orm(return_values, worker_id, timezone.now(), using)
+    def _finish(
+        cls, return_values: dict[int, Any], worker_id: str, using: str
+    ) -> dict[int, Job | None]:
+        returned = database(using).finish(return_values, worker_id=worker_id, now=timezone.now())
+        ended = {job.claim_id: job for job in Job.from_returned(returned, using=using)}
         for job in ended.values():
             job.release_slot(using=using)
         return {claim_id: ended.get(claim_id) for claim_id in return_values}
 
     @classmethod
-    def _finish_with_orm(cls, return_values, worker_id, now, using):
-        claims = cls._relock(list(return_values), using)
-        for claim in claims:
-            job = claim.job
-            job.record_attempt(worker_id=worker_id, started_at=claim.claimed_at, finished_at=now)
-            job.status, job.finished_at = Job.Status.SUCCESSFUL, now
-            job.return_value = return_values[claim.pk]
-            job.end_uniqueness()
-            job.save(using=using, update_fields=Job.FINISH_FIELDS)
-        cls.objects.using(using).filter(pk__in=[claim.pk for claim in claims]).delete()
-        return {claim.pk: claim.job for claim in claims}
-
-    @classmethod
-    def fail(cls, claim_id, error, *, worker_id, using):
+    def fail(
+        cls, claim_id: int, error: dict[str, str], *, worker_id: str, using: str
+    ) -> Job | None:
         """Record a run that raised: retry after the job's backoff while attempts remain,
         else fail the job. Returns the job, or None if the claim was taken over."""
-        with vendor.atomic(using):
+        with database(using).atomic():
             claims = cls._relock([claim_id], using)
             if not claims:
                 return None
@@ -184,7 +154,14 @@ class ClaimedExecution(models.Model):
         return job
 
     @classmethod
-    def interrupt(cls, claims, exception_class, message, *, using):
+    def interrupt(
+        cls,
+        claims: QuerySet,
+        exception_class: type[BaseException],
+        message: str,
+        *,
+        using: str,
+    ) -> int:
         """End attempts that started and will never finish (their process died, was pruned,
         or outran its shutdown timeout), each as its job's delivery policy says:
         at_least_once and exactly_once (whose writes were rolled back) run again, up to
@@ -192,12 +169,8 @@ class ClaimedExecution(models.Model):
 
         Returns the number of claims interrupted.
         """
-        error = {
-            "exception_class_path": exception_path(exception_class),
-            "message": message,
-            "traceback": f"{exception_path(exception_class)}: {message}\n",
-        }
-        with vendor.atomic(using):
+        error = describe_interruption(exception_class, message)
+        with database(using).atomic():
             # A claim locked by a live exactly_once run is skipped: whoever holds it is
             # alive, and if it dies the database rolls back and the claim is orphaned.
             locked = list(
@@ -226,10 +199,3 @@ class ClaimedExecution(models.Model):
                 else:
                     job.fail(error, now, using=using)
         return len(locked)
-
-    @property
-    def worker_id(self):
-        try:
-            return self.process.name
-        except Process.DoesNotExist:
-            return f"process-{self.process_id}"

@@ -1,8 +1,10 @@
-from django.db import models
-from django.db.models import F
+from collections.abc import Iterator
 
-from .. import db as vendor
-from .job import Job, make_ready_in_batches
+from django.db import models
+from django.db.models import F, QuerySet
+
+from .execution import Execution
+from .job import Job
 
 # A retried job gets one attempt more than it has failed, whatever its task allowed.
 ONE_MORE_ATTEMPT = {
@@ -11,9 +13,11 @@ ONE_MORE_ATTEMPT = {
 }
 
 
-class FailedExecution(models.Model):
+class FailedExecution(Execution):
     """A job that ran out of attempts; kept until someone retries or discards it."""
 
+    # The status of the jobs this table holds.
+    status = Job.Status.FAILED
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="failed_execution")
     exception_class_path = models.CharField(max_length=255)
     message = models.TextField(blank=True)
@@ -23,33 +27,22 @@ class FailedExecution(models.Model):
     class Meta:
         db_table = "dq_failed_execution"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"job {self.job_id} failed: {self.exception_class_path}"
 
-    def retry(self, *, using):
-        """Put the job back to ready; its attempt history stays. False if already retried."""
-        with vendor.atomic(using):
-            failed = type(self).objects.using(using).select_for_update().filter(pk=self.pk).first()
-            if failed is None:
-                return False
-            failed.delete(using=using)
-            Job.make_ready([self.job_id], using=using, **ONE_MORE_ATTEMPT)
-        return True
+    @classmethod
+    def retry(cls, job_id: int, *, using: str) -> bool:
+        """Put a failed job back to ready, its attempt history kept (``retry_batches`` for
+        one job). False if it is no longer failed."""
+        return any(cls.retry_batches(cls.objects.filter(job_id=job_id), using=using))
 
     @classmethod
-    def retry_batches(cls, queryset, *, batch_size=500, using):
-        """Retry the failed executions of ``queryset`` as ``retry`` does, ``batch_size`` at a
-        time in primary-key order, one transaction per batch.
-
-        Yields the jobs retried (task path, queue and priority loaded) after each batch commits.
-        """
-        yield from make_ready_in_batches(
-            cls, queryset, batch_size=batch_size, using=using, **ONE_MORE_ATTEMPT
-        )
-
-    @classmethod
-    def retry_all(cls, queryset, *, batch_size=500, using):
-        """Retry every failed execution of ``queryset``; returns how many jobs were retried."""
-        return sum(
-            len(jobs) for jobs in cls.retry_batches(queryset, batch_size=batch_size, using=using)
+    def retry_batches(
+        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
+    ) -> Iterator[list[Job]]:
+        """Retry the jobs of ``queryset``'s rows, ``batch_size`` at a time in primary-key
+        order, one transaction per batch. Yields the jobs retried (task path, queue and
+        priority loaded) after each batch commits."""
+        yield from cls.make_ready_batches(
+            queryset, batch_size=batch_size, using=using, **ONE_MORE_ATTEMPT
         )

@@ -1,6 +1,6 @@
 from django.db import models
 
-from .. import db as vendor
+from ..db import database
 
 
 class Pause(models.Model):
@@ -24,7 +24,7 @@ class Pause(models.Model):
     def resume(cls, queue_name, *, using):
         """Resume a paused queue; idle workers see it at their next poll."""
         cls.objects.using(using).filter(queue_name=queue_name).delete()
-        vendor.notify_ready(using, {queue_name})
+        database(using).notify_ready({queue_name})
 
 
 class Queue(Pause):

@@ -8,8 +8,9 @@ from django.db import models
 from django.db.models import Exists, OuterRef
 from django.db.models.functions import Now
 
-from .. import db as vendor
+from ..db import database
 from ..exceptions import ProcessMissingError, ProcessPrunedError
+from .claimed import ClaimedExecution
 
 
 def process_start_ticks(pid):
@@ -81,7 +82,7 @@ class Process(models.Model):
             hostname=socket.gethostname(),
             supervisor=supervisor,
             metadata=metadata or {},
-            last_heartbeat_at=vendor.database_now(using),
+            last_heartbeat_at=database(using).now(),
         )
 
     def heartbeat(self, *, using):
@@ -100,8 +101,6 @@ class Process(models.Model):
 
     def deregister(self, exception_class, message, *, using):
         """Interrupt the jobs this process still holds, then delete it."""
-        from .claimed import ClaimedExecution
-
         ClaimedExecution.interrupt(
             ClaimedExecution.objects.filter(process_id=self.pk),
             exception_class,
@@ -116,7 +115,7 @@ class Process(models.Model):
         seconds, interrupting their jobs; not ``supervisor`` nor its children, which it
         reaps itself, nor a process seen running on this host (its heartbeat is late: the
         database was busy). Returns the processes pruned."""
-        cutoff = vendor.database_now(using) - timedelta(seconds=alive_threshold)
+        cutoff = database(using).now() - timedelta(seconds=alive_threshold)
         stale = cls.objects.using(using).filter(last_heartbeat_at__lt=cutoff)
         if supervisor is not None:
             stale = stale.exclude(pk=supervisor.pk).exclude(supervisor=supervisor)
@@ -132,8 +131,6 @@ class Process(models.Model):
     @classmethod
     def recover_orphaned_claims(cls, *, using):
         """Interrupt claims whose process row no longer exists. Returns how many."""
-        from .claimed import ClaimedExecution
-
         orphaned = ClaimedExecution.objects.filter(
             ~Exists(cls.objects.using(using).filter(pk=OuterRef("process_id")))
         )

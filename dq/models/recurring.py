@@ -4,8 +4,8 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from django.db import IntegrityError, models
 
-from .. import db as vendor
-from .job import load_task
+from ..db import database
+from ..serialization import load_task
 
 
 class RecurringTask(models.Model):
@@ -76,9 +76,9 @@ class RecurringExecution(models.Model):
     def record(cls, task_key, run_at, enqueue, *, using):
         """Enqueue the run of ``task_key`` at ``run_at`` unless someone already did.
         ``enqueue()`` returns the job id. Returns it, or None if the run was taken."""
-        with vendor.atomic(using):
+        with database(using).atomic():
             try:
-                with vendor.atomic(using):
+                with database(using).atomic():
                     execution = cls.objects.using(using).create(task_key=task_key, run_at=run_at)
             except IntegrityError:
                 return None

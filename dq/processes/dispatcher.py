@@ -4,7 +4,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from ..conf import DEFAULT_PRUNE_BATCH_SIZE
-from ..models import Job, Process, RecurringExecution, ScheduledExecution, Semaphore
+from ..models import BlockedExecution, Job, Process, RecurringExecution, ScheduledExecution
 from .base import Role
 
 
@@ -36,7 +36,7 @@ class Dispatcher(Role):
         return min(interval, max(0.0, (next_due_at - timezone.now()).total_seconds()))
 
     def maintain(self):
-        Semaphore.reclaim_expired(using=self.database)
+        BlockedExecution.reclaim_expired_slots(using=self.database)
         now = timezone.now()
         if self.config.keep_finished is not None:
             RecurringExecution.objects.using(self.database).filter(

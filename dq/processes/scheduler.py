@@ -3,7 +3,7 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from .. import db as vendor
+from ..db import database
 from ..models import Process, RecurringTask
 from .base import Role
 
@@ -24,7 +24,7 @@ class Scheduler(Role):
 
     def start(self):
         """Record the configured recurring tasks (and forget removed ones) for the admin."""
-        with vendor.atomic(self.database):
+        with database(self.database).atomic():
             for key, entry in self.config.recurring.items():
                 RecurringTask.objects.using(self.database).update_or_create(
                     key=key,

@@ -13,8 +13,7 @@ from django.tasks import TaskContext, task_backends
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
-from .. import db as vendor
-from ..conf import ALL_QUEUES
+from ..db import database
 from ..exceptions import (
     ClaimLostError,
     ExactlyOnceViolation,
@@ -23,7 +22,8 @@ from ..exceptions import (
     TransactionRolledBackError,
 )
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
-from ..models.job import describe_error, exception_path, jsonable, load_task
+from ..queues import QueueSelector, serves
+from ..serialization import describe_error, exception_path, jsonable, load_task
 from .base import Role, database_retry_delay
 from .batching import GroupCommit
 from .pool import Pool
@@ -40,15 +40,6 @@ CHECK_CONNECTION_AFTER = 1.0
 # claimed jobs committed, but its reply was lost), and how old such a claim must be.
 UNTRACKED_CLAIM_AGE = 10.0
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE")
-
-
-def serves(selectors, queue_name):
-    """Whether a worker with these queue selectors takes jobs from ``queue_name``."""
-    return any(
-        selector in (ALL_QUEUES, queue_name)
-        or (selector.endswith("*") and queue_name.startswith(selector[:-1]))
-        for selector in selectors
-    )
 
 
 def resident_memory_mib():
@@ -111,11 +102,10 @@ class Worker(Role):
     def __init__(self, config, worker_config, **kwargs):
         super().__init__(config, **kwargs)
         self.worker_config = worker_config
-        self.queues = worker_config.queues
+        self.queues = tuple(QueueSelector(text) for text in worker_config.queues)
         self.threads = worker_config.threads
         self.polling_interval = (
-            worker_config.polling_interval
-            or vendor.for_alias(self.database).DEFAULT_POLLING_INTERVAL
+            worker_config.polling_interval or database(self.database).polling_interval
         )
         self.pool = None
         self.listener = None
@@ -129,18 +119,18 @@ class Worker(Role):
         self.recycling = None  # why this worker is stopping to be replaced
 
     def metadata(self):
-        return {"queues": list(self.queues), "threads": self.threads}
+        return {"queues": list(self.worker_config.queues), "threads": self.threads}
 
     def start(self):
         self.pool = Pool(self.threads, on_idle=self.wakeup.set)
 
     def listen(self):
-        listener_class = vendor.for_alias(self.database).Listener
-        if listener_class is None or time.monotonic() < self.next_listen_at:
+        db = database(self.database)
+        if not db.notifies or time.monotonic() < self.next_listen_at:
             return
         self.next_listen_at = time.monotonic() + RELISTEN_INTERVAL
         try:
-            self.listener = listener_class(self.database)
+            self.listener = db.listen()
         except Exception:
             logger.exception(
                 "%s: cannot LISTEN; polling every %ss", self.name, self.polling_interval
@@ -211,9 +201,7 @@ class Worker(Role):
             try:
                 if run.backend_pid is not None:
                     # Roll back the run's transaction so that its claim can be interrupted.
-                    vendor.for_alias(self.database).terminate_session(
-                        self.database, run.backend_pid
-                    )
+                    database(self.database).terminate_session(run.backend_pid)
                 ClaimedExecution.interrupt(
                     ClaimedExecution.objects.filter(pk=claim_id),
                     JobTimeoutError,
@@ -399,7 +387,7 @@ class Worker(Role):
         except DatabaseError as error:
             # Not a TransactionManagementError: a task that broke its own transaction.
             lost_commit = stage.ran and isinstance(error, OperationalError | InterfaceError)
-            if lost_commit or vendor.for_alias(self.database).lock_conflict(error):
+            if lost_commit or database(self.database).lock_conflict(error):
                 raise TransactionRolledBackError(
                     f"the transaction of its run on {self.name} was rolled back: "
                     f"{exception_path(type(error))}: {error}"
@@ -408,13 +396,13 @@ class Worker(Role):
 
     def _run_in_one_transaction(self, job, task, result, stage):
         stage.began = stage.ran = False
-        with vendor.atomic(self.database):
+        with database(self.database).atomic():
             if not ClaimedExecution.hold(job.claim_id, using=self.database):
                 return None
             stage.began = True
             run = self.runs.get(job.claim_id)
             if run is not None:
-                run.backend_pid = vendor.for_alias(self.database).session_id(self.database)
+                run.backend_pid = database(self.database).session_id()
             with writes_confined_to(self.database):
                 value = self.call(job, task, result)
             stage.ran = True

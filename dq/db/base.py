@@ -1,0 +1,341 @@
+"""dq's work that depends on the database, in SQL any database Django supports understands.
+
+A ``Database`` is bound to one database alias and works on that alias's connection in the
+calling thread. This class does each piece of work a statement at a time, in one
+transaction; a subclass per database (``dq.db.sqlite``, ``dq.db.postgresql``) overrides
+what its database does better. Rows of jobs come back as ``Returned``: ``claim_id`` then
+every column of the job, as the database returned them (the models turn them into jobs).
+"""
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, NamedTuple
+
+from django.db import DatabaseError, NotSupportedError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+
+from ..queues import QueueSelector
+from ..serialization import attempt_record
+
+# The tables dq's own statements read and write (the models' db_table).
+JOBS = "dq_job"
+READY = "dq_ready_execution"
+CLAIMED = "dq_claimed_execution"
+SCHEDULED = "dq_scheduled_execution"
+PAUSES = "dq_pause"
+
+# A column of jobs to insert: (column, SQL type, value) when every job has the same value,
+# (column, SQL type, [value per job]) otherwise; values prepared for the database.
+Column = tuple[str, str, Any]
+
+
+class Returned(NamedTuple):
+    """Rows of jobs a statement returned: ``claim_id`` then the job's columns."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+NOTHING = Returned(["claim_id"], [])
+
+
+class Listener:
+    """A connection of its own on which a worker waits to be woken: ``fileno()`` turns
+    readable when jobs became ready; ``drain()`` returns the queues notified (an empty
+    name means any queue)."""
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def drain(self) -> set[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Database:
+    """Any database: polling, this host's clock, claims and ends in a few statements."""
+
+    # How often an idle worker polls for ready jobs (seconds).
+    polling_interval: ClassVar[float] = 0.1
+    # Whether listen() can wake idle workers when jobs become ready.
+    notifies: ClassVar[bool] = False
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        return connections[self.alias]
+
+    # --- transactions and sessions ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def atomic(self, *, savepoint: bool = True) -> Iterator[None]:
+        """A transaction of dq's own (``transaction.atomic``); inside another one a
+        savepoint (or, with ``savepoint=False``, part of it)."""
+        with transaction.atomic(using=self.alias, savepoint=savepoint):
+            yield
+
+    def cursor(self) -> Any:
+        """The cursor dq runs its own statements with."""
+        return self.connection.cursor()
+
+    def now(self) -> datetime:
+        """The time by the database's clock: heartbeats of every host are written and
+        compared by this one clock. Here: this host's."""
+        return timezone.now()
+
+    def lock_conflict(self, error: DatabaseError) -> bool:
+        """Whether ``error`` is a lock wait that timed out, a deadlock or a serialization
+        failure: its transaction is rolled back and may succeed if run again."""
+        return False
+
+    def session_id(self) -> int | None:
+        """The database session of this thread's connection, if another connection can
+        end it (``terminate_session``)."""
+        return None
+
+    def terminate_session(self, session: int) -> None:
+        """End another connection's session, rolling back its transaction."""
+        raise NotSupportedError(f"{type(self).__name__} cannot end another session.")
+
+    # --- wake-ups -------------------------------------------------------------------------
+
+    def notify_ready(self, queues: set[str]) -> None:
+        """Wake idle workers of ``queues`` when the current transaction commits."""
+
+    def listen(self) -> Listener:
+        raise NotSupportedError(f"{type(self).__name__} cannot wake idle workers.")
+
+    # --- the job flow ---------------------------------------------------------------------
+
+    def claim(
+        self,
+        selector: QueueSelector,
+        limit: int,
+        *,
+        backend: str,
+        process_id: int,
+        now: datetime,
+    ) -> Returned:
+        """Claim up to ``limit`` ready jobs of backend alias ``backend`` in the queues
+        ``selector`` names and not paused, highest priority first, for ``process_id``:
+        move each from ready to claimed and start its attempt."""
+        where, params = selector.sql("r.queue_name")
+        with self.atomic(savepoint=False), self.cursor() as cursor:
+            cursor.execute(
+                f"SELECT r.id, r.job_id FROM {READY} r WHERE r.backend = %s AND {where} "
+                f"AND NOT EXISTS (SELECT 1 FROM {PAUSES} p WHERE p.queue_name = r.queue_name) "
+                f"ORDER BY r.priority DESC, r.job_id "
+                f"{self.connection.ops.limit_offset_sql(0, limit)}{self._skip_locked()}",
+                [backend, *params],
+            )
+            picked = cursor.fetchall()
+            if not picked:
+                return NOTHING
+            job_ids = [job_id for _, job_id in picked]
+            cursor.execute(
+                f"DELETE FROM {READY} WHERE id IN ({_marks(picked)})", [pk for pk, _ in picked]
+            )
+            claimed_at = self.connection.ops.adapt_datetimefield_value(now)
+            cursor.execute(
+                f"INSERT INTO {CLAIMED} (job_id, process_id, claimed_at) VALUES "
+                + ", ".join(["(%s, %s, %s)"] * len(job_ids)),
+                [value for job_id in job_ids for value in (job_id, process_id, claimed_at)],
+            )
+            cursor.execute(
+                f"SELECT id, job_id FROM {CLAIMED} WHERE job_id IN ({_marks(job_ids)})", job_ids
+            )
+            claim_of = {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
+            cursor.execute(
+                f"UPDATE {JOBS} SET status = 'running', attempt_count = attempt_count + 1, "
+                "started_at = COALESCE(started_at, %s), last_attempted_at = %s "
+                f"WHERE id IN ({_marks(job_ids)})",
+                [claimed_at, claimed_at, *job_ids],
+            )
+            return self._jobs(cursor, claim_of)
+
+    def finish(self, return_values: dict[int, Any], *, worker_id: str, now: datetime) -> Returned:
+        """Record successful runs: delete their claims and end each job with its attempt
+        (started when claimed) and its return value (``return_values``: claim id -> the
+        value). A job that keeps no unique key once it ended (no ``unique_for``) gives it
+        up. Claims already gone (taken over) match nothing."""
+        ops = self.connection.ops
+        with self.atomic(savepoint=False), self.cursor() as cursor:
+            claim_ids = list(return_values)
+            cursor.execute(
+                f"SELECT id, job_id, claimed_at FROM {CLAIMED} WHERE id IN ({_marks(claim_ids)}) "
+                f"ORDER BY id{self._locking()}",
+                claim_ids,
+            )
+            ended = cursor.fetchall()
+            if not ended:
+                return NOTHING
+            cursor.execute(
+                f"DELETE FROM {CLAIMED} WHERE id IN ({_marks(ended)})", [row[0] for row in ended]
+            )
+            job_ids = [job_id for _, job_id, _ in ended]
+            cursor.execute(
+                f"SELECT id, attempts FROM {JOBS} WHERE id IN ({_marks(job_ids)})", job_ids
+            )
+            attempts = {job_id: _json(value) for job_id, value in cursor.fetchall()}
+            when = ops.adapt_datetimefield_value(now)
+            attempt_cases, value_cases = [], []
+            for claim_id, job_id, claimed_at in ended:
+                attempt = attempt_record(worker_id, self._datetime(claimed_at), now)
+                attempt_cases += [job_id, ops.adapt_json_value([*attempts[job_id], attempt], None)]
+                value_cases += [job_id, ops.adapt_json_value(return_values[claim_id], None)]
+            case = " ".join(["WHEN %s THEN %s"] * len(ended))
+            cursor.execute(
+                f"UPDATE {JOBS} SET status = 'successful', finished_at = %s, "
+                f"attempts = CASE id {case} END, return_value = CASE id {case} END, "
+                "unique_key = CASE WHEN unique_for IS NULL THEN NULL ELSE unique_key END "
+                f"WHERE id IN ({_marks(job_ids)})",
+                [when, *attempt_cases, *value_cases, *job_ids],
+            )
+            return self._jobs(cursor, {job_id: claim_id for claim_id, job_id, _ in ended})
+
+    def finish_and_claim(
+        self,
+        return_values: dict[int, Any],
+        selector: QueueSelector,
+        limit: int,
+        *,
+        worker_id: str,
+        backend: str,
+        process_id: int,
+        now: datetime,
+    ) -> Returned:
+        """``finish`` and ``claim`` in one transaction: the ended jobs (with the claim ids
+        given) and the claimed ones (with new claim ids)."""
+        with self.atomic(savepoint=False):
+            finished = self.finish(return_values, worker_id=worker_id, now=now)
+            claimed = self.claim(selector, limit, backend=backend, process_id=process_id, now=now)
+        if not finished.rows:
+            return claimed
+        if not claimed.rows:
+            return finished
+        if finished.columns != claimed.columns:  # pragma: no cover - one table, one order
+            raise DatabaseError("finish and claim returned the job's columns in two orders")
+        return Returned(finished.columns, finished.rows + claimed.rows)
+
+    def insert_jobs(
+        self,
+        shared: Sequence[Column],
+        varying: Sequence[Column],
+        *,
+        count: int,
+        now: datetime,
+        ready_queues: set[str],
+    ) -> list[int]:
+        """Insert ``count`` jobs and their ready or scheduled rows, and wake the workers of
+        ``ready_queues``. ``shared`` are the columns every job has the same value in,
+        ``varying`` the others with a value per job. Returns the new jobs' ids, in the
+        order of the values given."""
+        columns = [column for column, _, _ in shared] + [column for column, _, _ in varying]
+        rows = [
+            [value for _, _, value in shared] + [values[n] for _, _, values in varying]
+            for n in range(count)
+        ]
+        at = {column: position for position, column in enumerate(columns)}
+        with self.atomic(savepoint=False), self.cursor() as cursor:
+            ids = self._insert_rows(cursor, JOBS, columns, rows)
+            created_at = self.connection.ops.adapt_datetimefield_value(now)
+            ready = [
+                [pk, row[at["backend"]], row[at["queue_name"]], row[at["priority"]], created_at]
+                for pk, row in zip(ids, rows, strict=True)
+                if row[at["status"]] == "ready"
+            ]
+            scheduled = [
+                [pk, row[at["queue_name"]], row[at["priority"]], row[at["scheduled_at"]]]
+                for pk, row in zip(ids, rows, strict=True)
+                if row[at["status"]] == "scheduled"
+            ]
+            if ready:
+                columns = ["job_id", "backend", "queue_name", "priority", "created_at"]
+                self._insert_rows(cursor, READY, columns, ready, returning=False)
+                self.notify_ready(ready_queues)
+            if scheduled:
+                columns = ["job_id", "queue_name", "priority", "scheduled_at"]
+                self._insert_rows(cursor, SCHEDULED, columns, scheduled, returning=False)
+        return ids
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _skip_locked(self) -> str:
+        """Lock the rows read, passing over those locked by others (where the database can)."""
+        features = self.connection.features
+        if not features.has_select_for_update_skip_locked:
+            return ""
+        return " " + self.connection.ops.for_update_sql(skip_locked=True)
+
+    def _locking(self) -> str:
+        """Lock the rows read until the transaction ends (where the database can)."""
+        if not self.connection.features.has_select_for_update:
+            return ""
+        return " " + self.connection.ops.for_update_sql()
+
+    def _datetime(self, value: Any) -> datetime:
+        """A datetime column's value as the database driver returned it, as an aware
+        datetime (SQLite and MySQL return text or naive values)."""
+        convert = getattr(self.connection.ops, "convert_datetimefield_value", None)
+        return convert(value, None, self.connection) if convert else value
+
+    def _jobs(self, cursor: Any, claim_of: dict[int, int]) -> Returned:
+        """The jobs of ``claim_of`` (job id -> claim id), each row led by its claim id."""
+        job_ids = list(claim_of)
+        cursor.execute(f"SELECT * FROM {JOBS} WHERE id IN ({_marks(job_ids)}) ORDER BY id", job_ids)
+        return led_by_claims(cursor, claim_of)
+
+    def _insert_rows(
+        self,
+        cursor: Any,
+        table: str,
+        columns: list[str],
+        rows: list[list[Any]],
+        *,
+        returning: bool = True,
+    ) -> list[int]:
+        """Insert ``rows`` into ``table`` in as few statements as the database's limit on
+        parameters allows; the new ids in the order of the rows if ``returning``."""
+        quoted = ", ".join(self.connection.ops.quote_name(column) for column in columns)
+        size = max(1, (self.connection.features.max_query_params or 10**6) // len(columns))
+        can_return = self.connection.features.can_return_rows_from_bulk_insert
+        # Without RETURNING, one row a statement: each new id is the last one inserted.
+        per_statement = size if can_return or not returning else 1
+        ids = []
+        for start in range(0, len(rows), per_statement):
+            batch = rows[start : start + per_statement]
+            values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(batch))
+            sql = f"INSERT INTO {table} ({quoted}) VALUES {values}"
+            params = [value for row in batch for value in row]
+            if returning and can_return:
+                cursor.execute(f"{sql} RETURNING id", params)
+                ids += [pk for (pk,) in cursor.fetchall()]
+            else:
+                cursor.execute(sql, params)
+                if returning:
+                    ids.append(self.connection.ops.last_insert_id(cursor, table, "id"))
+        return ids
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as the driver returned it (text, or already decoded)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def led_by_claims(cursor: Any, claim_of: dict[int, int]) -> Returned:
+    """The rows of a query of whole jobs, each led by the claim id of its job."""
+    columns = [column[0] for column in cursor.description]
+    at_id = columns.index("id")
+    rows = [(claim_of[row[at_id]], *row) for row in cursor.fetchall()]
+    return Returned(["claim_id", *columns], rows)

@@ -1,0 +1,141 @@
+"""How jobs leave the queue before they run or after they ended: discarded, cancelled,
+pruned."""
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from ..db import database
+from ..exceptions import TransitionNotAllowed
+from .paging import pk_batches
+
+
+class Clearing:
+    """Job's discard, cancel and prune (``Job`` mixes ``Clearing`` in)."""
+
+    @classmethod
+    def discard(cls, job_id: int, *, using: str) -> None:
+        """Delete a job that is ready, scheduled, blocked or failed, with its execution row
+        (``discard_batches`` for one job). TransitionNotAllowed, saying why, if it is
+        running, finished, or changed state meanwhile."""
+        batches = list(cls.discard_batches(cls.objects.filter(pk=job_id), using=using))
+        if not batches:
+            raise cls.DoesNotExist(f"No job {job_id}.")
+        [(_, kept)] = batches
+        if kept:
+            raise TransitionNotAllowed(kept[0].why_not_discarded())
+
+    @classmethod
+    def discard_batches(
+        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
+    ) -> Iterator[tuple[list[Any], list[Any]]]:
+        """Discard the jobs of ``queryset`` that are neither running nor finished (ready,
+        scheduled, blocked, failed), ``batch_size`` at a time in primary-key order, one
+        transaction per batch.
+
+        Yields ``(discarded, kept)`` after each batch commits: the batch's jobs (task path and
+        status loaded), split into those deleted and those kept because they were running,
+        finished, or changed state meanwhile.
+        """
+        discardable = [
+            cls.execution_model(status)
+            for status in cls.EXECUTION_OF_STATUS
+            if status != cls.Status.RUNNING
+        ]
+        for batch in pk_batches(queryset.using(using), batch_size):
+            with database(using).atomic():
+                # Lock the execution rows first, in the order a claim takes its locks.
+                locked = set()
+                for model in discardable:
+                    locked.update(
+                        model.objects.using(using)
+                        .select_for_update()
+                        .filter(job_id__in=batch)
+                        .values_list("job_id", flat=True)
+                    )
+                jobs = list(
+                    cls.objects.using(using)
+                    .filter(pk__in=batch)
+                    .only("task_path", "status", "concurrency_key")
+                )
+                cls.objects.using(using).filter(pk__in=locked).delete()
+                for job in jobs:
+                    if job.pk in locked and job.status == cls.Status.READY:
+                        job.release_slot(using=using)
+            yield (
+                [job for job in jobs if job.pk in locked],
+                [job for job in jobs if job.pk not in locked],
+            )
+
+    def why_not_discarded(self) -> str:
+        """Why discarding this job left it, by the status it had."""
+        if self.status == self.Status.RUNNING:
+            return (
+                f"Job {self.pk} was not discarded: it is running on a worker, and can be "
+                "discarded once it has ended."
+            )
+        if self.status in (self.Status.SUCCESSFUL, self.Status.CANCELLED):
+            return f"Job {self.pk} was not discarded: it has finished."
+        return f"Job {self.pk} was not discarded: it changed state meanwhile; reload and try again."
+
+    @classmethod
+    def cancel(cls, job_id: int, *, using: str) -> str:
+        """Cancel a job: one that has not started ends as cancelled; a running one is asked
+        to stop (its task sees ``context.cancel_requested``). Returns the job's status
+        afterwards; TransitionNotAllowed if it has finished."""
+        with database(using).atomic():
+            job = cls.objects.using(using).get(pk=job_id)
+            if job.status == cls.Status.RUNNING:
+                cls.objects.using(using).filter(pk=job_id).update(
+                    cancel_requested_at=timezone.now()
+                )
+                return job.status
+            execution = cls.execution_model(job.status)
+            if execution is None or job.status == cls.Status.FAILED:
+                raise TransitionNotAllowed(f"Job {job_id} has finished; it cannot be cancelled.")
+            # Delete the execution row first: a claim that took it meanwhile wins.
+            if not execution.objects.using(using).filter(job_id=job_id).delete()[0]:
+                raise TransitionNotAllowed(
+                    f"Job {job_id} changed state while being cancelled; reload and try again."
+                )
+            was_ready = job.status == cls.Status.READY
+            job.status, job.finished_at = cls.Status.CANCELLED, timezone.now()
+            job.end_uniqueness()
+            job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
+            if was_ready:
+                job.release_slot(using=using)
+        return job.status
+
+    @classmethod
+    def prune(
+        cls,
+        *,
+        backend: str,
+        finished_before: datetime,
+        statuses: list[str],
+        batch_size: int,
+        using: str,
+    ) -> int:
+        """Delete jobs of backend alias ``backend`` in ``statuses`` that finished before
+        ``finished_before``, a batch per transaction so that no lock is held long. Returns
+        how many."""
+        pruned = 0
+        while True:
+            batch = list(
+                cls.objects.using(using)
+                .filter(backend=backend, status__in=statuses, finished_at__lt=finished_before)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not batch:
+                return pruned
+            with database(using).atomic():
+                pruned += (
+                    cls.objects.using(using)
+                    .filter(pk__in=batch, status__in=statuses)
+                    .delete()[1]
+                    .get(cls._meta.label, 0)
+                )

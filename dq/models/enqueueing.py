@@ -1,0 +1,111 @@
+"""How jobs are enqueued: inserted with their first execution row, in one transaction;
+many at once in one statement where the database can; a unique job at most once."""
+
+import re
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
+from django.utils import timezone
+
+from ..db import database
+
+# The fields an insert writes with their SQL types (Enqueueing.inserted_columns), per vendor.
+_INSERTED_COLUMNS: dict[str, list[tuple[Field, str]]] = {}
+
+
+class Enqueueing:
+    """Job's enqueue (``Job`` mixes ``Enqueueing`` in)."""
+
+    @classmethod
+    def enqueue(cls, jobs: list[Any], *, using: str) -> list[Any]:
+        """Insert new (unsaved) jobs and their first execution rows, in one transaction.
+
+        Jobs due now become ready (or blocked, when their concurrency key has no free
+        slot), later ones scheduled. Inside an outer ``atomic()`` on the same database
+        nothing is visible before it commits. A unique job whose key is taken is not
+        inserted: its place in the list returned holds the existing job, marked
+        ``duplicate``.
+        """
+        now = timezone.now()
+        for job in jobs:
+            job.enqueued_at = now
+            due = job.scheduled_at is None or job.scheduled_at <= now
+            job.status = cls.Status.READY if due else cls.Status.SCHEDULED
+        if not any(job.unique_key or job.concurrency_key for job in jobs):
+            cls.insert_placed(jobs, now, using)
+            return jobs
+        with database(using).atomic(savepoint=False):
+            if any(job.unique_key for job in jobs):
+                return [cls._enqueue_unique(job, now, using) for job in jobs]
+            cls.admit(jobs, using=using)
+            if len(jobs) == 1:
+                jobs[0].save(using=using, force_insert=True)
+            else:
+                cls.objects.using(using).bulk_create(jobs)
+            cls.place(jobs, using=using, slots_taken=True)
+        return jobs
+
+    @classmethod
+    def inserted_columns(cls, connection: BaseDatabaseWrapper) -> list[tuple[Field, str]]:
+        """The fields an insert writes, with their SQL types on ``connection``'s database
+        (without a length: a cast to varchar(100) cuts a longer value silently, where the
+        column's own check raises)."""
+        if connection.vendor not in _INSERTED_COLUMNS:
+            _INSERTED_COLUMNS[connection.vendor] = [
+                (field, re.sub(r"\(\d+\)$", "", field.cast_db_type(connection)))
+                for field in cls._meta.concrete_fields
+                if not field.primary_key
+            ]
+        return _INSERTED_COLUMNS[connection.vendor]
+
+    @classmethod
+    def insert_placed(cls, jobs: list[Any], now: datetime, using: str) -> None:
+        """Insert jobs that need no slot and no unique key, with their execution rows
+        (``Database.insert_jobs``). A column is sent once when every job holds the very
+        same value object in it (as jobs built from one task do), else a value per job."""
+        connection = connections[using]
+        shared, varying = [], []
+        for field, sql_type in cls.inserted_columns(connection):
+            values = [getattr(job, field.attname) for job in jobs]
+            if all(value is values[0] for value in values):
+                shared.append(
+                    (field.column, sql_type, field.get_db_prep_save(values[0], connection))
+                )
+            else:
+                prepared = [field.get_db_prep_save(value, connection) for value in values]
+                varying.append((field.column, sql_type, prepared))
+        ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
+        ids = database(using).insert_jobs(
+            shared, varying, count=len(jobs), now=now, ready_queues=ready_queues
+        )
+        for job, pk in zip(jobs, ids, strict=True):
+            job.pk = pk
+            job._state.adding, job._state.db = False, using
+
+    @classmethod
+    def _enqueue_unique(cls, job: Any, now: datetime, using: str) -> Any:
+        """Insert one job, or return the unfinished job that holds its unique key."""
+        status = job.status
+        for _ in range(2):
+            try:
+                with database(using).atomic():
+                    cls.admit([job], using=using)
+                    job.save(using=using, force_insert=True)
+                    cls.place([job], using=using, slots_taken=True)
+                return job
+            except IntegrityError:
+                job.pk, job._state.adding = None, True
+                job.status, job.finished_at = status, None
+                holder = cls.objects.using(using).filter(unique_key=job.unique_key).first()
+                if holder is None:
+                    continue  # it ended meanwhile
+                if not holder.uniqueness_expired(now):
+                    holder.duplicate = True
+                    return holder
+                cls.objects.using(using).filter(pk=holder.pk, unique_key=job.unique_key).update(
+                    unique_key=None
+                )
+        raise IntegrityError(f"Could not enqueue unique job {job.unique_key!r}.")
