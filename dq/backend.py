@@ -4,7 +4,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
@@ -19,6 +19,7 @@ from . import checks
 from .conf import (
     DEFAULT_CONCURRENCY_DURATION,
     exponential_backoff,  # noqa: F401 - part of the public surface
+    number_problem,
 )
 from .models import ClaimedExecution, Job
 from .serialization import jsonable, load_task
@@ -62,19 +63,17 @@ class DQTask(Task):
         return self.get_backend().enqueue_many(self, calls)
 
 
-DQ_OPTIONS = {
-    "max_attempts",
-    "backoff",
-    "delivery",
-    "timeout",
-    "concurrency_key",
-    "concurrency_limit",
-    "concurrency_duration",
-    "on_conflict",
-    "unique",
-    "unique_key",
-    "unique_for",
-}
+# The options dq adds to Django's Task.
+DQ_OPTIONS = {field.name for field in fields(DQTask)} - {field.name for field in fields(Task)}
+# dq's options that are numbers: (name, whole number, may be None, unit).
+NUMBER_OPTIONS = (
+    ("max_attempts", True, False, ""),
+    ("timeout", False, True, " of seconds"),
+    ("concurrency_limit", True, False, ""),
+    ("concurrency_duration", False, True, " of seconds"),
+    ("unique_for", False, True, " of seconds"),
+)
+DEFAULTS = {field.name: field.default for field in fields(DQTask)}
 
 
 def render_key(template, task, args, kwargs):
@@ -135,9 +134,12 @@ class DQBackend(BaseTaskBackend):
                 f"queue_name must be 1 to {longest} characters without ',' or '*' or spaces "
                 f"around it (workers select queues by such names), not {queue_name!r}."
             )
-        max_attempts = getattr(task, "max_attempts", 1)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise InvalidTask(f"max_attempts must be a whole number >= 1, not {max_attempts!r}.")
+        for name, integer, optional, unit in NUMBER_OPTIONS:
+            value = getattr(task, name, DEFAULTS[name])
+            if (value is not None or not optional) and (
+                problem := number_problem(value, name, integer=integer, unit=unit)
+            ):
+                raise InvalidTask(problem)
         backoff = getattr(task, "backoff", None)
         if callable(backoff):
             if not is_importable(backoff):
@@ -145,48 +147,20 @@ class DQBackend(BaseTaskBackend):
                     "A backoff callable must be a module-level function (jobs store its path), "
                     f"not {backoff!r}."
                 )
-        elif backoff is not None and (
-            isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0
-        ):
+        elif backoff is not None and number_problem(backoff, "backoff", zero=True):
             raise InvalidTask(
                 "backoff must be a number of seconds >= 0, or a module-level function taking "
                 f"the number of failed attempts and returning seconds, not {backoff!r}."
             )
-        delivery = getattr(task, "delivery", Job.Delivery.AT_LEAST_ONCE)
-        if delivery not in Job.Delivery.values:
-            raise InvalidTask(
-                "delivery must be 'at_least_once', 'at_most_once' or 'exactly_once', "
-                f"not {delivery!r}."
-            )
-        self.validate_flow_control(task)
-        timeout = getattr(task, "timeout", None)
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise InvalidTask(f"timeout must be a number of seconds > 0, not {timeout!r}.")
-
-    def validate_flow_control(self, task):
-        key = getattr(task, "concurrency_key", None)
-        if key is not None and not ((isinstance(key, str) and key) or callable(key)):
-            raise InvalidTask("concurrency_key must be a non-empty template string or a callable.")
-        for name in ("concurrency_limit",):
-            value = getattr(task, name, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidTask(f"{name} must be a whole number >= 1, not {value!r}.")
-        for name in ("concurrency_duration", "unique_for"):
-            value = getattr(task, name, None)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-            ):
-                raise InvalidTask(f"{name} must be a number of seconds > 0, not {value!r}.")
-        on_conflict = getattr(task, "on_conflict", Job.OnConflict.BLOCK)
-        if on_conflict not in Job.OnConflict.values:
-            raise InvalidTask(f"on_conflict must be 'block' or 'discard', not {on_conflict!r}.")
-        unique_key = getattr(task, "unique_key", None)
-        if unique_key is not None and not (
-            (isinstance(unique_key, str) and unique_key) or callable(unique_key)
-        ):
-            raise InvalidTask("unique_key must be a non-empty template string or a callable.")
+        for name, choices in (("delivery", Job.Delivery), ("on_conflict", Job.OnConflict)):
+            value = getattr(task, name, DEFAULTS[name])
+            if value not in choices.values:
+                allowed = ", ".join(repr(choice) for choice in choices.values)
+                raise InvalidTask(f"{name} must be one of {allowed}, not {value!r}.")
+        for name in ("concurrency_key", "unique_key"):
+            key = getattr(task, name, None)
+            if key is not None and not ((isinstance(key, str) and key) or callable(key)):
+                raise InvalidTask(f"{name} must be a non-empty template string or a callable.")
 
     def enqueue(self, task, args, kwargs):
         [result] = self.enqueue_many(task, [(args, kwargs)])

@@ -13,8 +13,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 from .exceptions import ConfigurationError
+from .queues import ALL_QUEUES, QueueSelector
 
 DEFAULT_WORKER_THREADS = 5
 DEFAULT_WORKER_PROCESSES = 1
@@ -29,7 +31,6 @@ DEFAULT_CONCURRENCY_DURATION = 15 * 60.0
 DEFAULT_KEEP_FINISHED = 24 * 3600.0
 DEFAULT_PRUNE_BATCH_SIZE = 1000
 
-ALL_QUEUES = "*"
 
 BACKOFF_BASE = 2.0  # seconds before the first retry
 BACKOFF_CAP = 3600.0
@@ -154,6 +155,19 @@ def parse_queues(value):
     if isinstance(value, str):
         value = value.split(",")
     return tuple(name.strip() for name in value)
+
+
+# The backend dq provides; a TASKS alias whose BACKEND is it (or a subclass) is dq's.
+BACKEND_PATH = "dq.backend.DQBackend"
+
+
+def is_dq_backend(alias):
+    """Whether TASKS[alias] is a dq backend (its class loaded by path, as Django does)."""
+    backend_class = import_string(settings.TASKS[alias]["BACKEND"])
+    return any(
+        f"{klass.__module__}.{klass.__qualname__}" == BACKEND_PATH
+        for klass in backend_class.__mro__
+    )
 
 
 def backend_options(alias):
@@ -345,7 +359,7 @@ def _check_worker(worker, where, problems):
 def _check_selectors(selectors, where, problems):
     if not selectors:
         problems.append(Problem("dq.E004", f"{where} is empty; use ['*'] for every queue."))
-    bad = [repr(s) for s in dict.fromkeys(selectors) if not s or "*" in s[:-1]]
+    bad = [repr(s) for s in dict.fromkeys(selectors) if not QueueSelector.is_valid(s)]
     if bad:
         what = "is not a queue selector" if len(bad) == 1 else "are not queue selectors"
         problems.append(
@@ -370,13 +384,19 @@ def _parse_section(section, config_class, keys, where, problems):
 
 
 def _check_positive(value, name, problems, *, integer=False, zero=False):
+    if problem := number_problem(value, name, integer=integer, zero=zero):
+        problems.append(Problem("dq.E002", problem))
+
+
+def number_problem(value, name, *, integer=False, zero=False, unit=""):
+    """None when ``value`` is a number > 0 (>= 0 with ``zero``; a whole one with
+    ``integer``), else the sentence that says what ``name`` must be."""
     kinds = int if integer else int | float
-    ok = (
+    if (
         isinstance(value, kinds)
         and not isinstance(value, bool)
         and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        expected = "a whole number" if integer else "a number"
-        expected += " >= 0" if zero else " > 0"
-        problems.append(Problem("dq.E002", f"{name} must be {expected}, not {value!r}."))
+    ):
+        return None
+    expected = "a whole number" if integer else f"a number{unit}"
+    return f"{name} must be {expected} {'>=' if zero else '>'} 0, not {value!r}."

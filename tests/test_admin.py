@@ -478,9 +478,9 @@ def test_overview_counts_jobs_per_queue_and_state_and_shows_the_last_hour(admin_
 
 
 def test_overview_caps_finished_counts(admin_client, worker, monkeypatch):
-    from dq.admin import overview
+    from dq import stats
 
-    monkeypatch.setattr(overview, "CLOSED_COUNT_CAP", 2)
+    monkeypatch.setattr(stats, "CLOSED_COUNT_CAP", 2)
     for i in range(3):
         add.enqueue(i, i)
     worker.work_off()

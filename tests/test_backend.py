@@ -557,12 +557,15 @@ def test_using_an_unknown_option_is_a_type_error():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"delivery": "sometimes"}, "delivery must be 'at_least_once', 'at_most_once' or"),
+        (
+            {"delivery": "sometimes"},
+            "delivery must be one of 'at_least_once', 'at_most_once', 'exactly_once'",
+        ),
         ({"timeout": 0}, "timeout must be a number of seconds > 0"),
         ({"timeout": "1m"}, "timeout must be a number of seconds > 0"),
-        ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
-        ({"max_attempts": 1.5}, "max_attempts must be a whole number >= 1"),
-        ({"max_attempts": True}, "max_attempts must be a whole number >= 1"),
+        ({"max_attempts": 0}, "max_attempts must be a whole number > 0"),
+        ({"max_attempts": 1.5}, "max_attempts must be a whole number > 0"),
+        ({"max_attempts": True}, "max_attempts must be a whole number > 0"),
         ({"backoff": -1}, "backoff must be a number of seconds >= 0"),
         ({"backoff": "soon"}, "backoff must be a number of seconds >= 0"),
     ],

@@ -287,10 +287,10 @@ def test_parse_queues_keeps_the_order_and_strips_spaces():
 
 
 def test_options_are_parsed_once_and_again_when_the_settings_change():
-    from dq.admin.overview import admin_config
+    from dq.stats import shown_config
 
-    assert conf.load("default") is conf.load("default") is admin_config()
+    assert conf.load("default") is conf.load("default") is shown_config()
     with override_settings(TASKS=tasks_with({"shutdown_timeout": 3})):
         assert conf.load("default").shutdown_timeout == 3
-        assert admin_config() is conf.load("default")
+        assert shown_config() is conf.load("default")
     assert conf.load("default").shutdown_timeout == 10

@@ -17,8 +17,8 @@ from django.utils.text import capfirst
 from ..exceptions import TransitionNotAllowed
 from ..models import BlockedExecution, FailedExecution, Job, ScheduledExecution
 from ..models.paging import pk_batches
+from ..stats import shown_config
 from .display import state_badge
-from .overview import admin_config
 
 BATCH_SIZE = 500  # jobs changed per transaction by an action on "all matching"
 NAMED_IN_MESSAGES = 5  # jobs an action names when it could not change them
@@ -63,7 +63,7 @@ class DQModelAdmin(admin.ModelAdmin):
 
     @property
     def db(self):
-        return admin_config().database
+        return shown_config().database
 
     def get_queryset(self, request):
         return super().get_queryset(request).using(self.db)

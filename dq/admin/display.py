@@ -9,7 +9,7 @@ from django.utils.formats import localize
 from django.utils.html import format_html
 from django.utils.timesince import timesince, timeuntil
 
-from .overview import STATE_BY_STATUS
+from ..stats import STATE_BY_STATUS
 
 
 def state_badge(status):

@@ -15,10 +15,10 @@ from ..models import (
     Process,
     ScheduledExecution,
 )
+from ..stats import is_alive, shown_config
 from .base import DQModelAdmin, JobActionsMixin
 from .display import age, alive_badge, job_link, moment, process_link, waiting_for
 from .filters import ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter, QueueFilter
-from .overview import admin_config, is_alive
 
 # The job columns the lists show; its large JSON columns stay unread.
 JOB_COLUMNS = [
@@ -144,7 +144,7 @@ class ClaimedExecutionAdmin(ExecutionAdmin):
 
     @admin.display(description="heartbeat")
     def heartbeat(self, claim):
-        alive = is_alive(claim.heartbeat_at, admin_config().alive_threshold, timezone.now())
+        alive = is_alive(claim.heartbeat_at, shown_config().alive_threshold, timezone.now())
         if claim.heartbeat_at is None:
             return alive_badge(False)
         return format_html("{} ago {}", age(claim.heartbeat_at), alive_badge(alive))

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db.models import Q
 from django.utils import timezone
 
-from .overview import STATE_BY_NAME, STATES, admin_config, known_queues, recent_tasks
+from ..stats import STATE_BY_NAME, STATES, known_queues, recent_tasks, shown_config
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -97,7 +97,7 @@ class HeartbeatFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() not in ("alive", "stale"):
             return queryset
-        cutoff = timezone.now() - timedelta(seconds=admin_config().alive_threshold)
+        cutoff = timezone.now() - timedelta(seconds=shown_config().alive_threshold)
         if self.value() == "alive":
             return queryset.filter(**{f"{self.field}__gte": cutoff})
         return queryset.filter(

@@ -14,6 +14,7 @@ from ..models import (
     Process,
     ScheduledExecution,
 )
+from ..stats import is_alive, shown_config
 from .base import DQModelAdmin, JobActionsMixin
 from .display import (
     age,
@@ -26,7 +27,6 @@ from .display import (
     waiting_for,
 )
 from .filters import QueueFilter, RetriedFilter, StateFilter, TaskFilter
-from .overview import admin_config, is_alive
 
 # Large JSON columns the list never shows.
 LIST_DEFERRED = ["args", "kwargs", "attempts", "return_value", "backoff"]
@@ -175,7 +175,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
                 moment(claim.claimed_at),
                 alive_badge(False),
             )
-        alive = is_alive(process.last_heartbeat_at, admin_config().alive_threshold, timezone.now())
+        alive = is_alive(process.last_heartbeat_at, shown_config().alive_threshold, timezone.now())
         return format_html(
             "{} (pid {} on {}), claimed {}; last heartbeat {} ago {}",
             process_link(process.pk, process.name),

@@ -6,10 +6,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from ..models import Process
+from ..stats import RUNNING_SHOWN, is_alive, processes_with_claims, shown_config
 from .base import DQModelAdmin
 from .display import age, alive_badge, job_link, moment
 from .filters import HeartbeatFilter
-from .overview import RUNNING_SHOWN, admin_config, is_alive, processes_with_claims
 
 
 @admin.register(Process)
@@ -36,7 +36,7 @@ class ProcessAdmin(DQModelAdmin):
 
     @admin.display(description="heartbeat", ordering="last_heartbeat_at")
     def heartbeat(self, process):
-        alive = is_alive(process.last_heartbeat_at, admin_config().alive_threshold, timezone.now())
+        alive = is_alive(process.last_heartbeat_at, shown_config().alive_threshold, timezone.now())
         return format_html("{} ago {}", age(process.last_heartbeat_at), alive_badge(alive))
 
     @admin.display(description="running now")

@@ -15,17 +15,17 @@ from django.views.decorators.http import require_POST
 
 from ..models import Pause
 from ..models.pause import Queue
-from .base import DQModelAdmin
-from .charts import activity_svg
-from .overview import (
+from ..stats import (
     RUNNING_SHOWN,
     STATES,
-    admin_config,
     is_alive,
     processes_with_claims,
     queue_summaries,
+    shown_config,
     total_activity,
 )
+from .base import DQModelAdmin
+from .charts import activity_svg
 
 QUEUE_NAME_MAX_LENGTH = Pause._meta.get_field("queue_name").max_length
 
@@ -44,7 +44,7 @@ class QueueAdmin(DQModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
-        config = admin_config()
+        config = shown_config()
         queues = queue_summaries(using=self.db, now=now)
         jobs_url = reverse("admin:dq_job_changelist")
         rows = []

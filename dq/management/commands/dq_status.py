@@ -4,7 +4,8 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from dq import conf
-from dq.admin.overview import (
+from dq.exceptions import ConfigurationError
+from dq.stats import (
     RUNNING_SHOWN,
     STATES,
     backend_alias,
@@ -13,7 +14,6 @@ from dq.admin.overview import (
     queue_summaries,
     total_activity,
 )
-from dq.exceptions import ConfigurationError
 
 
 class Command(BaseCommand):

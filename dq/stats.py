@@ -13,10 +13,9 @@ from django.db.models import Count, Min, Prefetch
 from django.db.models.functions import TruncMinute
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
-from .. import conf
-from ..models import ClaimedExecution, Job, Pause, Process, ReadyExecution
+from . import conf
+from .models import ClaimedExecution, Job, Pause, Process, ReadyExecution
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +53,15 @@ ACTIVITY_MINUTES = 60
 def backend_alias():
     """The dq backend the admin and ``dq_status`` show: the default task backend if it is
     dq's, else the first dq backend in TASKS."""
-    from ..backend import DQBackend
-
     aliases = sorted(settings.TASKS, key=lambda alias: alias != DEFAULT_TASK_BACKEND_ALIAS)
-    for alias in aliases:
-        if issubclass(import_string(settings.TASKS[alias]["BACKEND"]), DQBackend):
-            return alias
-    return DEFAULT_TASK_BACKEND_ALIAS
+    return next(
+        (alias for alias in aliases if conf.is_dq_backend(alias)), DEFAULT_TASK_BACKEND_ALIAS
+    )
 
 
-def admin_config():
-    """The Configuration of the backend the admin shows (its database, alive threshold)."""
+def shown_config():
+    """The Configuration of the backend the admin and ``dq_status`` show (its database,
+    alive threshold)."""
     return conf.load(backend_alias())
 
 
