@@ -20,6 +20,7 @@ from dq.db import Database, postgresql
 from dq.db import database as db_of
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
+from dq.processes.base import StopMode
 from dq.processes.batching import BatchWriteError, GroupCommit
 from dq.queues import QueueSelector
 
@@ -328,7 +329,7 @@ def test_a_stopping_worker_claims_nothing_as_runs_end(db):
     add.enqueue(2, 2)
     worker = InProcessWorker()
     [first] = worker.claim(limit=1)
-    worker.worker.stopping = "graceful"
+    worker.worker.stopping = StopMode.GRACEFUL
 
     assert worker.perform(first) == [first]
     assert ReadyExecution.objects.count() == 1

@@ -1,6 +1,10 @@
-"""What every dq process does: register, heartbeat, loop on poll(), stop on a signal, deregister."""
+"""What every dq process does, the supervisor and the roles it forks alike: register a
+``Process`` row, stop on a signal (the handler only records it and wakes the main loop),
+wait on a self-pipe, wait out database errors, deregister. ``Role`` adds what a forked
+process does: heartbeat from a thread, loop on ``poll()``, notice its supervisor is gone."""
 
 import contextlib
+import enum
 import errno
 import functools
 import logging
@@ -8,60 +12,57 @@ import os
 import select
 import signal
 import threading
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from django.db import DatabaseError, connections
 
+from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import Process
 
-logger = logging.getLogger("dq")
+logger = logging.getLogger(__name__)
 
-GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
-HANDLED_SIGNALS = {*GRACEFUL_SIGNALS, *IMMEDIATE_SIGNALS, signal.SIGCHLD}
+T = TypeVar("T")
 
 
+class StopMode(enum.StrEnum):
+    """How a process was asked to stop: TERM and INT graceful (running jobs may finish
+    within the shutdown timeout), QUIT immediate."""
+
+    GRACEFUL = "graceful"
+    IMMEDIATE = "immediate"
+
+
+STOP_SIGNALS = {
+    signal.SIGTERM: StopMode.GRACEFUL,
+    signal.SIGINT: StopMode.GRACEFUL,
+    signal.SIGQUIT: StopMode.IMMEDIATE,
+}
+HANDLED_SIGNALS = {*STOP_SIGNALS, signal.SIGCHLD}
 # How often a process tries to deregister when the database fails it (a lock wait timing
 # out, an outage): if it cannot, its supervisor or the pruning recovers its jobs.
 DEREGISTER_ATTEMPTS = 5
 
 
-def database_retry_delay(failures):
+def database_retry_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` database errors in a row: 0.5, 1, 2, ... up to 10."""
     return min(10.0, 0.5 * 2 ** (failures - 1))
-
-
-def retry_database_errors(call, alias, doing, *, wait, give_up):
-    """``call()``, tried again after each database error (a lock wait that timed out, a
-    lost connection) with a growing delay, until it returns or ``give_up(failures)``
-    says to raise the error. ``wait(seconds)`` waits between tries."""
-    failures = 0
-    while True:
-        try:
-            return call()
-        except DatabaseError:
-            failures += 1
-            if give_up(failures):
-                raise
-            delay = database_retry_delay(failures)
-            logger.exception("dq: cannot %s; retrying in %.1fs", doing, delay)
-            connections[alias].close()
-            wait(delay)
 
 
 class Wakeup:
     """A self-pipe: signal handlers and other threads write to it, the main loop waits on it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.reader, self.writer = os.pipe()
         os.set_blocking(self.reader, False)
         os.set_blocking(self.writer, False)
 
-    def set(self):
+    def set(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the reader anyway
             os.write(self.writer, b"\0")
 
-    def wait(self, timeout, *others):
+    def wait(self, timeout: float, *others: Any) -> list[Any]:
         """Block until woken, one of ``others`` is readable, or ``timeout`` seconds pass.
         Returns the readable ``others``."""
         try:
@@ -74,59 +75,139 @@ class Wakeup:
             self.drain()
         return [item for item in readable if item is not self.reader]
 
-    def drain(self):
+    def drain(self) -> None:
         try:
             while os.read(self.reader, 4096):
                 pass
         except BlockingIOError:
             pass
 
-    def close(self):
+    def close(self) -> None:
         os.close(self.reader)
         os.close(self.writer)
 
 
-class Role:
-    """A process forked by the supervisor. Subclasses set ``kind`` and write ``poll()``,
-    which does one round of work and returns the seconds until the next."""
+class Runnable:
+    """A dq process: its Process row, how it stops, how it waits out the database."""
 
-    kind = None
+    kind: ClassVar[str]
 
-    def __init__(self, config, *, supervisor_pid, supervisor_id):
+    def __init__(self, config: Configuration) -> None:
         self.config = config
         self.database = config.database
-        self.supervisor_pid = supervisor_pid
-        self.supervisor_id = supervisor_id
-        self.process = None
-        self.stopping = None  # None, "graceful" or "immediate"
+        self.process: Process | None = None
+        self.stopping: StopMode | None = None
         self.wakeup = Wakeup()
-        self._heartbeat_stopped = threading.Event()
         # Database errors this process has met: when it grows, connections kept open by
         # other threads may have been cut too (a database restart cuts them all).
         self.database_errors = 0
 
     @property
-    def name(self):
+    def name(self) -> str:
+        assert self.process is not None, "the process has not registered"
         return self.process.name
 
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
+        """What the Process row shows of this process's settings."""
         return {}
 
-    def run(self):
-        """Run until told to stop; return the process's exit status."""
-        self.install_signal_handlers()
-        self.process = self.register()
-        if self.process is None:
-            return 0
+    def supervisor(self) -> Process | None:
+        """The Process row of the supervisor that forked this process, if any."""
+        return None
+
+    def stop(self, how: StopMode) -> None:
+        """Ask the main loop to stop (from a signal handler, or any thread): an immediate
+        stop is never turned back into a graceful one."""
+        if self.stopping is not StopMode.IMMEDIATE:
+            self.stopping = how
+        self.wakeup.set()
+
+    def install_signal_handlers(self) -> None:
+        """TERM, INT and QUIT stop the process; each wakes the main loop."""
+        signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
+        for signum, how in STOP_SIGNALS.items():
+            signal.signal(signum, functools.partial(self._stop_on_signal, how))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # blocked across a fork
+
+    def _stop_on_signal(self, how: StopMode, signum: int, frame: object) -> None:
+        self.stop(how)
+
+    def retry(self, call: Callable[[], T], doing: str, *, give_up: Callable[[int], bool]) -> T:
+        """``call()``, tried again after each database error (a lock wait that timed out,
+        a lost connection) with a growing delay, until it returns or
+        ``give_up(failures)`` says to raise the error. The waits end early on a signal."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except DatabaseError:
+                failures += 1
+                self.database_errors += 1
+                if give_up(failures):
+                    raise
+                delay = database_retry_delay(failures)
+                logger.exception("dq %s: cannot %s; retrying in %.1fs", self.kind, doing, delay)
+                connections[self.database].close()
+                self.wakeup.wait(delay)
+
+    def register(self) -> bool:
+        """Register this process, waiting out database errors; False if told to stop first."""
+        try:
+            self.process = self.retry(
+                functools.partial(
+                    Process.register,
+                    self.kind,
+                    supervisor=self.supervisor(),
+                    metadata=self.metadata(),
+                    using=self.database,
+                ),
+                f"register a {self.kind}",
+                give_up=lambda failures: self.stopping is not None,
+            )
+        except DatabaseError:
+            return False
         logger.info("%s started (pid %s)", self.name, os.getpid())
+        return True
+
+    def deregister(self, exception_class: type[BaseException], message: str) -> None:
+        """Interrupt the jobs this process still holds and delete its row, trying a few
+        times if the database fails it."""
+        assert self.process is not None
+        self.retry(
+            functools.partial(
+                self.process.deregister, exception_class, message, using=self.database
+            ),
+            f"deregister {self.name}",
+            give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,
+        )
+        logger.info("%s stopped (%s)", self.name, self.stopping)
+
+
+class Role(Runnable):
+    """A process forked by the supervisor. Subclasses set ``kind`` and write ``poll()``,
+    which does one round of work and returns the seconds until the next."""
+
+    def __init__(self, config: Configuration, *, supervisor_pid: int, supervisor_id: int) -> None:
+        super().__init__(config)
+        self.supervisor_pid = supervisor_pid
+        self.supervisor_id = supervisor_id
+        self._heartbeat_stopped = threading.Event()
+
+    def supervisor(self) -> Process:
+        return Process(pk=self.supervisor_id)
+
+    def run(self) -> int:
+        """Run until told to stop; return the process's exit status."""
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the supervisor's, inherited
+        self.install_signal_handlers()
+        if not self.register():
+            return 0
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="dq-heartbeat", daemon=True)
         heartbeat.start()
         try:
-            retry_database_errors(
+            self.retry(
                 self.start,
-                self.database,
                 f"start {self.name}",
-                wait=self.wakeup.wait,
                 give_up=lambda failures: self.stopping is not None,
             )
             failures = 0
@@ -146,71 +227,30 @@ class Role:
             exception_class, message = self.shut_down()
             self._heartbeat_stopped.set()
             heartbeat.join(timeout=self.config.heartbeat_interval)
-            retry_database_errors(
-                functools.partial(
-                    self.process.deregister, exception_class, message, using=self.database
-                ),
-                self.database,
-                f"deregister {self.name}",
-                wait=self.wakeup.wait,
-                give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,
-            )
-            logger.info("%s stopped (%s)", self.name, self.stopping)
+            self.deregister(exception_class, message)
         return 0
 
-    def register(self):
-        """Register this process, waiting out database errors; None if told to stop first."""
-        try:
-            return retry_database_errors(
-                functools.partial(
-                    Process.register,
-                    self.kind,
-                    supervisor=Process(pk=self.supervisor_id),
-                    metadata=self.metadata(),
-                    using=self.database,
-                ),
-                self.database,
-                f"register a {self.kind}",
-                wait=self.wakeup.wait,
-                give_up=lambda failures: self.stopping is not None,
-            )
-        except DatabaseError:
-            return None  # told to stop meanwhile
-
-    def start(self):
+    def start(self) -> None:
         """Set up what poll() needs, after registration."""
 
-    def poll(self):
+    def poll(self) -> float:
         raise NotImplementedError
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> None:
         self.wakeup.wait(timeout)
 
-    def shut_down(self):
+    def shut_down(self) -> tuple[type[BaseException], str]:
         """Finish up after the loop; returns how to interrupt jobs still held, as
         (exception class, message) for Process.deregister."""
         return ProcessExitError, f"{self.name} stopped ({self.stopping})"
 
-    def stop(self, how):
-        if self.stopping != "immediate":
-            self.stopping = how
-        self.wakeup.set()
-
-    def check_supervisor(self):
+    def check_supervisor(self) -> None:
         if self.stopping is None and os.getppid() != self.supervisor_pid:
             logger.warning("%s: supervisor %s is gone; stopping", self.name, self.supervisor_pid)
-            self.stop("graceful")
+            self.stop(StopMode.GRACEFUL)
 
-    def install_signal_handlers(self):
-        signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
-        for signum in GRACEFUL_SIGNALS:
-            signal.signal(signum, lambda *_: self.stop("graceful"))
-        for signum in IMMEDIATE_SIGNALS:
-            signal.signal(signum, lambda *_: self.stop("immediate"))
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # blocked across the fork
-
-    def _heartbeat_loop(self):
+    def _heartbeat_loop(self) -> None:
+        assert self.process is not None
         try:
             while not self._heartbeat_stopped.wait(self.config.heartbeat_interval):
                 try:
@@ -222,7 +262,7 @@ class Role:
                     continue
                 if not alive:
                     logger.warning("%s was pruned by another process; stopping", self.name)
-                    self.stop("graceful")
+                    self.stop(StopMode.GRACEFUL)
                 self.check_supervisor()
         finally:
             connections.close_all()

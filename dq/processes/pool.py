@@ -17,11 +17,6 @@ class Pool:
         with self._lock:
             return self.size - self._busy
 
-    @property
-    def busy(self):
-        with self._lock:
-            return self._busy
-
     def submit(self, run, job):
         with self._lock:
             if self._busy >= self.size:

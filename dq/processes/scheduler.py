@@ -7,7 +7,7 @@ from ..db import database
 from ..models import Process, RecurringTask
 from .base import Role
 
-logger = logging.getLogger("dq")
+logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps, so that a changed clock or a new run is noticed.
 MAX_SLEEP = 60.0

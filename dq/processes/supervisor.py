@@ -9,27 +9,22 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from django.db import DatabaseError, connections
 
+from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import Process
-from .base import (
-    DEREGISTER_ATTEMPTS,
-    GRACEFUL_SIGNALS,
-    HANDLED_SIGNALS,
-    IMMEDIATE_SIGNALS,
-    Wakeup,
-    database_retry_delay,
-    retry_database_errors,
-)
+from .base import HANDLED_SIGNALS, Role, Runnable, StopMode, database_retry_delay
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .worker import Worker
 
-logger = logging.getLogger("dq")
+logger = logging.getLogger(__name__)
 
 # After children were told to stop, how long past their shutdown timeout to wait before SIGKILL.
 KILL_GRACE = 5.0
@@ -38,31 +33,31 @@ KILL_GRACE = 5.0
 @dataclass
 class Child:
     description: str
-    build: object  # (supervisor_pid, supervisor_id) -> Role
+    build: Callable[..., Role]  # (supervisor_pid=, supervisor_id=) -> Role
 
 
-def describe_exit(status):
+def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-class Supervisor:
-    def __init__(self, config):
-        self.config = config
-        self.database = config.database
-        self.process = None
-        self.children = {}  # pid -> Child
-        self.stopping = None
-        self.wakeup = Wakeup()
-        self._signals = []
+class Supervisor(Runnable):
+    kind = Process.Kind.SUPERVISOR
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__(config)
+        self.children: dict[int, Child] = {}  # pid -> Child
         # No pruning before this time.monotonic(); None: once the database answers again.
-        self.prune_not_before = 0.0
+        self.prune_not_before: float | None = 0.0
         # Dead children whose jobs could not be recovered yet (pid -> message): it leaves its
         # own children out of pruning, so it must retry them itself.
-        self.unrecovered = {}
+        self.unrecovered: dict[int, str] = {}
 
-    def plan(self):
+    def metadata(self) -> dict[str, Any]:
+        return {"children": [child.description for child in self.plan()]}
+
+    def plan(self) -> list[Child]:
         """The children to run, one entry per process."""
         children = []
         for worker_config in self.config.workers:
@@ -80,28 +75,19 @@ class Supervisor:
             children.append(Child("scheduler", partial(Scheduler, self.config)))
         return children
 
-    def run(self):
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        # A child's exit wakes the loop (through the wakeup fd), which reaps it.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+    def run(self) -> int:
         self.install_signal_handlers()
-        try:
-            self.process = retry_database_errors(
-                partial(
-                    Process.register,
-                    Process.Kind.SUPERVISOR,
-                    metadata={"children": [child.description for child in self.plan()]},
-                    using=self.database,
-                ),
-                self.database,
-                "register the supervisor",
-                wait=self.wait_for_signals,
-                give_up=lambda failures: self.stopping is not None,
-            )
-        except DatabaseError:
+        if not self.register():
             return 0  # told to stop before it could register
-        logger.info("%s started (pid %s)", self.process.name, os.getpid())
         try:
             self.maintain()
         except DatabaseError:  # the loop maintains again
-            logger.exception("%s: database error; retrying", self.process.name)
+            logger.exception("%s: database error; retrying", self.name)
             connections[self.database].close()
         for child in self.plan():
             self.fork(child)
@@ -109,7 +95,6 @@ class Supervisor:
         try:
             while self.stopping is None:
                 self.wakeup.wait(min(next_heartbeat, next_maintenance) - time.monotonic())
-                self.handle_signals()
                 self.reap(replace=self.stopping is None)
                 now = time.monotonic()
                 try:
@@ -120,28 +105,16 @@ class Supervisor:
                         self.maintain()
                         next_maintenance = now + self.config.maintenance_interval
                 except DatabaseError:
-                    logger.exception("%s: database error; retrying", self.process.name)
+                    logger.exception("%s: database error; retrying", self.name)
                     connections[self.database].close()
                     next_heartbeat = next_maintenance = now + database_retry_delay(1)
                     self.prune_not_before = None
         finally:
             self.stop_children()
-            retry_database_errors(
-                partial(
-                    self.process.deregister,
-                    ProcessExitError,
-                    "supervisor stopped",
-                    using=self.database,
-                ),
-                self.database,
-                f"deregister {self.process.name}",
-                wait=self.wakeup.wait,
-                give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,
-            )
-            logger.info("%s stopped (%s)", self.process.name, self.stopping)
+            self.deregister(ProcessExitError, "supervisor stopped")
         return 0
 
-    def fork(self, child):
+    def fork(self, child: Child) -> None:
         connections.close_all()  # a forked child must never share the parent's sockets
         # Signals wait until the child has its own handlers (it unblocks them then).
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -150,13 +123,14 @@ class Supervisor:
             os._exit(self._run_child(child))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.children[pid] = child
-        logger.info("%s forked %s as pid %s", self.process.name, child.description, pid)
+        logger.info("%s forked %s as pid %s", self.name, child.description, pid)
 
-    def _run_child(self, child):
+    def _run_child(self, child: Child) -> int:
         status = 1
         try:
             signal.set_wakeup_fd(-1)
             self.wakeup.close()
+            assert self.process is not None
             role = child.build(supervisor_pid=os.getppid(), supervisor_id=self.process.pk)
             status = role.run()
         except BaseException:
@@ -165,7 +139,7 @@ class Supervisor:
             logging.shutdown()
         return status
 
-    def reap(self, *, replace):
+    def reap(self, *, replace: bool) -> None:
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -178,12 +152,12 @@ class Supervisor:
                 continue
             how = describe_exit(status)
             log = logger.info if status == 0 else logger.error
-            log("%s: %s (pid %s) %s", self.process.name, child.description, pid, how)
+            log("%s: %s (pid %s) %s", self.name, child.description, pid, how)
             self.recover(pid, f"its process (pid {pid}) {how}")
             if replace:
                 self.fork(child)
 
-    def recover(self, pid, message):
+    def recover(self, pid: int, message: str) -> None:
         """Deregister what a dead child left behind, interrupting its jobs. If the database
         is unreachable now, the next maintenance tries again."""
         self.unrecovered[pid] = message
@@ -196,17 +170,18 @@ class Supervisor:
             # Claims its exactly_once runs held locked were skipped; they are orphans now.
             Process.recover_orphaned_claims(using=self.database)
         except DatabaseError:
-            logger.exception("%s: cannot recover pid %s's jobs yet", self.process.name, pid)
+            logger.exception("%s: cannot recover pid %s's jobs yet", self.name, pid)
             connections[self.database].close()
         else:
             del self.unrecovered[pid]
 
-    def heartbeat(self):
+    def heartbeat(self) -> None:
+        assert self.process is not None
         if not self.process.heartbeat(using=self.database):
-            logger.warning("%s was pruned by another process; stopping", self.process.name)
-            self.stopping = "graceful"
+            logger.warning("%s was pruned by another process; stopping", self.name)
+            self.stop(StopMode.GRACEFUL)
 
-    def maintain(self):
+    def maintain(self) -> None:
         for pid, message in list(self.unrecovered.items()):
             self.recover(pid, message)
         if self.prune_not_before is None:
@@ -220,53 +195,35 @@ class Supervisor:
                 self.config.alive_threshold, supervisor=self.process, using=self.database
             )
         for process in pruned:
-            logger.warning("%s pruned %s: no heartbeat", self.process.name, process)
+            logger.warning("%s pruned %s: no heartbeat", self.name, process)
         recovered = Process.recover_orphaned_claims(using=self.database)
         if recovered:
-            logger.warning("%s recovered %s orphaned claim(s)", self.process.name, recovered)
+            logger.warning("%s recovered %s orphaned claim(s)", self.name, recovered)
 
-    def stop_children(self):
+    def stop_children(self) -> None:
         """Pass the stop on to every child, wait for them, and kill what outstays its welcome."""
-        how = self.stopping or "graceful"
-        signum = signal.SIGQUIT if how == "immediate" else signal.SIGTERM
+        how = self.stopping or StopMode.GRACEFUL
+        signum = signal.SIGQUIT if how is StopMode.IMMEDIATE else signal.SIGTERM
         for pid in self.children:
             self._signal(pid, signum)
         deadline = time.monotonic() + (
-            self.config.shutdown_timeout + KILL_GRACE if how == "graceful" else KILL_GRACE
+            self.config.shutdown_timeout + KILL_GRACE if how is StopMode.GRACEFUL else KILL_GRACE
         )
         while self.children and time.monotonic() < deadline:
             self.wakeup.wait(min(0.5, deadline - time.monotonic()))
-            self.handle_signals()
-            if how == "graceful" and self.stopping == "immediate":
-                how = "immediate"
+            if how is StopMode.GRACEFUL and self.stopping is StopMode.IMMEDIATE:
+                how = StopMode.IMMEDIATE
                 deadline = min(deadline, time.monotonic() + KILL_GRACE)
                 for pid in self.children:
                     self._signal(pid, signal.SIGQUIT)
             self.reap(replace=False)
         for pid in list(self.children):
-            logger.error("%s: pid %s did not stop; killing it", self.process.name, pid)
+            logger.error("%s: pid %s did not stop; killing it", self.name, pid)
             self._signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             self.recover(pid, "its process was killed after not stopping")
             del self.children[pid]
 
-    def _signal(self, pid, signum):
+    def _signal(self, pid: int, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-
-    def install_signal_handlers(self):
-        signal.set_wakeup_fd(self.wakeup.writer, warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, lambda signum, frame: self._signals.append(signum))
-
-    def wait_for_signals(self, timeout):
-        self.wakeup.wait(timeout)
-        self.handle_signals()
-
-    def handle_signals(self):
-        while self._signals:
-            signum = self._signals.pop(0)
-            if signum in IMMEDIATE_SIGNALS:
-                self.stopping = "immediate"
-            elif signum in GRACEFUL_SIGNALS and self.stopping is None:
-                self.stopping = "graceful"
