@@ -9,6 +9,7 @@ import random
 import zoneinfo
 from dataclasses import dataclass, field, replace
 
+from croniter import croniter
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
@@ -302,8 +303,6 @@ def _parse_workers(value, problems):
 
 
 def _parse_recurring(value, problems):
-    from croniter import croniter
-
     if not isinstance(value, dict):
         problems.append(Problem("dq.E002", "OPTIONS['recurring'] must be a dict of key -> task."))
         return {}

@@ -23,7 +23,7 @@ from dq.models import Job, Process
 
 from ..conftest import _children_of, pid_alive, wait_until
 from ..models import AtLeastOnceExecution, AtMostOnceExecution, ExactlyOnceExecution
-from ..test_processes import started
+from ..processes.test_processes import started
 from . import tasks
 
 JOBS = int(os.environ.get("DQ_CHAOS_JOBS", "600"))

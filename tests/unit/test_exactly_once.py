@@ -9,9 +9,9 @@ from django.db import connection
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job
 
-from .conftest import wait_until
-from .models import Run
-from .tasks import meet_a_lock_timeout_once, record_exactly_once, write_elsewhere
+from ..conftest import wait_until
+from ..models import Run
+from ..tasks import meet_a_lock_timeout_once, record_exactly_once, write_elsewhere
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 

@@ -25,8 +25,8 @@ from dq.models import (
     ScheduledExecution,
 )
 
-from .conftest import InProcessWorker
-from .tasks import add, always_boom, boom, fails_until_released, fails_with, limited
+from ..conftest import InProcessWorker
+from ..tasks import add, always_boom, boom, fails_until_released, fails_with, limited
 
 pytestmark = pytest.mark.django_db
 

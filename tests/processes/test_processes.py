@@ -22,9 +22,9 @@ from django.utils import timezone
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
 from dq.queues import QueueSelector
 
-from .conftest import pid_alive, wait_until
-from .models import Run
-from .tasks import add, block, block_at_most_once, boom, kill_own_worker, record, record_after_work
+from ..conftest import pid_alive, wait_until
+from ..models import Run
+from ..tasks import add, block, block_at_most_once, boom, kill_own_worker, record, record_after_work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from dq.db import database
 from dq.models import Job, Process
 
-from .tasks import add, always_boom, limited
+from ..tasks import add, always_boom, limited
 
 
 def begins(queries):

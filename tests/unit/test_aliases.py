@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from dq.models import Job, RecurringTask
 
-from .conftest import InProcessWorker
-from .tasks import add, backend_in_context, boom, flaky
+from ..conftest import InProcessWorker
+from ..tasks import add, backend_in_context, boom, flaky
 
 DQ = "dq.backend.DQBackend"
 # "other" keeps its tables in the database "other".

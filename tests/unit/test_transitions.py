@@ -11,9 +11,9 @@ from django.utils import timezone
 from dq.exceptions import ProcessExitError, ProcessMissingError, ProcessPrunedError
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
 
-from .conftest import InProcessWorker
-from .models import Run
-from .tasks import add, block_at_most_once, boom, flaky, record
+from ..conftest import InProcessWorker
+from ..models import Run
+from ..tasks import add, block_at_most_once, boom, flaky, record
 
 pytestmark = pytest.mark.django_db
 

@@ -24,9 +24,9 @@ from dq.processes.base import StopMode
 from dq.processes.batching import BatchWriteError, GroupCommit
 from dq.queues import QueueSelector
 
-from .conftest import InProcessWorker, wait_until
-from .flow_tasks import per_account, unique_for_a_minute, unique_record
-from .tasks import add, flaky, record, return_nul
+from ..conftest import InProcessWorker, wait_until
+from ..flow_tasks import per_account, unique_for_a_minute, unique_record
+from ..tasks import add, flaky, record, return_nul
 
 pytestmark = pytest.mark.django_db
 

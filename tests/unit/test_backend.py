@@ -23,9 +23,9 @@ from dq.models import (
     ScheduledExecution,
 )
 
-from .conftest import InProcessWorker
-from .models import Run
-from .tasks import (
+from ..conftest import InProcessWorker
+from ..models import Run
+from ..tasks import (
     add,
     always_boom,
     always_fails_default_backoff,

@@ -28,8 +28,8 @@ from dq.models import (
     Semaphore,
 )
 
-from .conftest import subprocess_env, wait_until
-from .flow_tasks import (
+from ..conftest import subprocess_env, wait_until
+from ..flow_tasks import (
     pair_member,
     per_account,
     run_until_cancelled,
@@ -39,9 +39,9 @@ from .flow_tasks import (
     unique_per_account,
     unique_record,
 )
-from .models import Run
-from .racing import run_in_django
-from .tasks import add, boom
+from ..models import Run
+from ..racing import run_in_django
+from ..tasks import add, boom
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

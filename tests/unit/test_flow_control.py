@@ -34,7 +34,7 @@ from dq.models import (
 from dq.processes.dispatcher import Dispatcher
 from dq.processes.scheduler import Scheduler
 
-from .flow_tasks import (
+from ..flow_tasks import (
     also_per_account,
     keyed_by_bad_callable,
     keyed_by_callable,
@@ -53,8 +53,8 @@ from .flow_tasks import (
     unique_per_account,
     unique_record,
 )
-from .models import Run
-from .tasks import add, always_boom, boom
+from ..models import Run
+from ..tasks import add, always_boom, boom
 
 pytestmark = pytest.mark.django_db
 

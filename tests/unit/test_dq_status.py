@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from dq.models import Pause, Process, ReadyExecution
 
-from .conftest import InProcessWorker
-from .tasks import add, boom
+from ..conftest import InProcessWorker
+from ..tasks import add, boom
 
 pytestmark = pytest.mark.django_db
 

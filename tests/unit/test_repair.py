@@ -8,7 +8,7 @@ from django.utils import timezone
 from dq.exceptions import TransitionNotAllowed
 from dq.models import Job, Pause, ReadyExecution, ScheduledExecution
 
-from .tasks import add, always_boom
+from ..tasks import add, always_boom
 
 pytestmark = pytest.mark.django_db
 

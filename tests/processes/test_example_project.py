@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def manage(*args, database):

@@ -14,9 +14,9 @@ from django.db import connection
 from dq import conf
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
 
-from .conftest import pid_alive, wait_until
-from .models import Run
-from .tasks import (
+from ..conftest import pid_alive, wait_until
+from ..models import Run
+from ..tasks import (
     block,
     block_at_most_once,
     block_exactly_once_announced,

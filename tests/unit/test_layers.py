@@ -1,0 +1,124 @@
+"""dq's imports flow one way: management -> processes | admin | backend -> stats -> models
+-> db -> conf, exceptions, queues, serialization. No module imports one of a layer above
+its own or a sibling of its layer, no import circles, no import inside a function to
+dodge one."""
+
+import ast
+from pathlib import Path
+
+DQ = Path(__file__).resolve().parents[2] / "dq"
+
+# Lower layers first; a module may import its own layer's modules and lower layers'.
+LAYERS = [
+    {"dq.conf", "dq.exceptions", "dq.queues", "dq.serialization", "dq.apps"},
+    {"dq.db"},
+    {"dq.models"},
+    {"dq.stats", "dq.checks"},
+    # Siblings: none of these imports another.
+    {"dq.backend", "dq.admin", "dq.processes"},
+    {"dq.management"},
+]
+SIBLINGS = LAYERS[4]
+# The one import inside a function, and why: psycopg is imported on first use, so that a
+# project on SQLite does not need it installed.
+LAZY = {("dq.db.postgresql", "django.db.backends.postgresql.base")}
+
+
+def module_name(path):
+    parts = path.relative_to(DQ.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(module, node, is_package):
+    """The absolute names a from-import or import names."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = module if is_package else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        base = base.rpartition(".")[0]
+    prefix = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
+    if node.level == 0:
+        prefix = node.module
+    # "from . import db" names a module; "from .db import database" a module's member.
+    return [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+
+
+def dq_modules():
+    return {module_name(path): path for path in DQ.rglob("*.py") if "migrations" not in path.parts}
+
+
+def imports_of_each_module():
+    """module -> (dq modules imported at module level, names imported inside functions)."""
+    modules = dq_modules()
+    graph = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        top, nested = set(), set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            names = imported(module, node, path.name == "__init__.py")
+            targets = {name for name in names if name in modules}
+            if node.col_offset == 0:
+                top |= targets
+            else:
+                nested |= set(names[:1])
+        graph[module] = (top, nested)
+    return graph
+
+
+def layer_of(module):
+    for number, layer in enumerate(LAYERS):
+        if any(module == name or module.startswith(name + ".") for name in layer):
+            return number, next(n for n in layer if module == n or module.startswith(n + "."))
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def test_every_import_goes_to_the_same_layer_or_a_lower_one():
+    wrong = []
+    for module, (top, _) in imports_of_each_module().items():
+        if module == "dq":
+            continue
+        number, package = layer_of(module)
+        for target in top:
+            if target == "dq":
+                continue
+            target_number, target_package = layer_of(target)
+            if target_number > number:
+                wrong.append(f"{module} imports {target}, a layer above")
+            elif package in SIBLINGS and target_package in SIBLINGS and target_package != package:
+                wrong.append(f"{module} imports {target}, a sibling")
+    assert wrong == []
+
+
+def test_there_is_no_import_circle():
+    graph = {module: top for module, (top, _) in imports_of_each_module().items()}
+    # A package's __init__ imports its modules; its modules importing the package mean the
+    # modules it re-exports, not a circle through it.
+    packages = {module for module, path in dq_modules().items() if path.name == "__init__.py"}
+    edges = {
+        module: {target for target in targets if target not in packages and target != module}
+        for module, targets in graph.items()
+    }
+    circles, state = [], {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == "open":
+                circles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_no_module_imports_inside_a_function_but_the_one_lazy_import():
+    nested = {
+        (module, name) for module, (_, names) in imports_of_each_module().items() for name in names
+    }
+    assert nested == LAZY
