@@ -126,7 +126,7 @@ class ClaimedExecution(Execution):
     ) -> dict[int, Job | None]:
         returned = database(using).finish(return_values, worker_id=worker_id, now=timezone.now())
         ended = {job.claim_id: job for job in Job.from_returned(returned, using=using)}
-        for job in ended.values():
+        for job in Job.in_key_order(ended.values()):
             job.release_slot(using=using)
         return {claim_id: ended.get(claim_id) for claim_id in return_values}
 
@@ -180,7 +180,8 @@ class ClaimedExecution(Execution):
                 .order_by("pk")
             )
             now = timezone.now()
-            for claim in locked:
+            # Each claim gives back its slot and, run again, takes one: in key order.
+            for claim in sorted(locked, key=lambda claim: claim.job.concurrency_key):
                 job = claim.job
                 job.interruption_count += 1
                 job.record_attempt(

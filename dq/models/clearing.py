@@ -62,7 +62,7 @@ class Clearing:
                     .only("task_path", "status", "concurrency_key")
                 )
                 cls.objects.using(using).filter(pk__in=locked).delete()
-                for job in jobs:
+                for job in cls.in_key_order(jobs):
                     if job.pk in locked and job.status == cls.Status.READY:
                         job.release_slot(using=using)
             yield (

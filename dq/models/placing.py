@@ -20,8 +20,7 @@ class Placing:
         """Give each ready job with a concurrency key a slot, or else block it (or cancel
         it, if its task says so). Returns the jobs whose status changed."""
         changed = []
-        # Keys in one order, so that two transactions never wait for each other's semaphores.
-        for job in sorted(jobs, key=lambda job: job.concurrency_key):
+        for job in cls.in_key_order(jobs):
             if job.status != cls.Status.READY or not job.concurrency_key:
                 continue
             if Semaphore.acquire(
@@ -49,7 +48,7 @@ class Placing:
         ready jobs with a concurrency key take a slot first unless ``slots_taken``, and
         with ``over_limit`` (a person's "run now") take one even if none is free."""
         if over_limit:
-            for job in jobs:
+            for job in cls.in_key_order(jobs):
                 if job.status == cls.Status.READY and job.concurrency_key:
                     Semaphore.take_over_limit(job.concurrency_key, using=using)
         elif not slots_taken:
@@ -103,6 +102,13 @@ class Placing:
             traceback=error["traceback"],
             failed_at=now,
         )
+
+    @classmethod
+    def in_key_order(cls, jobs: Any) -> list[Any]:
+        """``jobs`` in the order of their concurrency keys: every transaction that takes or
+        gives back the slots of several keys does so in this order, so two of them never
+        wait for each other's semaphores."""
+        return sorted(jobs, key=lambda job: job.concurrency_key)
 
     def release_slot(self, *, using: str) -> None:
         """Give back the concurrency slot a ready or running job held, and let the next

@@ -292,6 +292,40 @@ def test_discarding_or_cancelling_a_blocked_job_keeps_the_slot_with_its_holder()
     assert not BlockedExecution.objects.exists()
 
 
+def semaphore_keys_locked(queries):
+    """The keys of the semaphore rows ``queries`` changed, in the order they changed them."""
+    keys = []
+    for query in queries:
+        sql = query["sql"]
+        if sql.startswith("UPDATE") and "dq_semaphore" in sql.split("SET")[0]:
+            keys.extend(key for key in ("account-1", "account-2") if f"'{key}'" in sql)
+    return keys
+
+
+@pytest.mark.parametrize("end", ["finish", "interrupt"])
+def test_runs_ending_together_give_back_their_slots_in_key_order(worker, end):
+    """Every transaction that gives back (or retakes) the slots of several keys does so in
+    key order, as enqueue takes them: two such transactions never wait for each other's
+    semaphores (a deadlock PostgreSQL would break by failing one of them)."""
+    per_account.enqueue(2, "claimed first")
+    per_account.enqueue(1, "claimed second")
+    jobs = worker.claim()
+    assert [job.concurrency_key for job in jobs] == ["account-2", "account-1"]
+
+    with CaptureQueriesContext(connection) as queries:
+        if end == "finish":
+            for job in jobs:
+                job.return_value = None
+            ClaimedExecution.finish_many(jobs, worker_id=worker.process.name, using="default")
+        else:
+            ClaimedExecution.interrupt(
+                ClaimedExecution.objects.all(), ProcessExitError, "worker exited", using="default"
+            )
+
+    keys = semaphore_keys_locked(queries.captured_queries)
+    assert keys and keys == sorted(keys), keys
+
+
 def test_blocked_jobs_are_released_by_priority_then_in_enqueue_order(worker):
     per_account.enqueue(1, "holder")
     for label, priority in [("a", 0), ("b", 10), ("c", 0), ("d", 10), ("e", 5), ("f", -3)]:
