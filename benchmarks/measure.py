@@ -518,8 +518,9 @@ def insert_jobs(count, *, finished):
     if not finished:
         with connection.cursor() as cursor:
             cursor.execute(
-                "INSERT INTO dq_ready_execution (job_id, queue_name, priority, created_at) "
-                "SELECT id, queue_name, priority, enqueued_at FROM dq_job WHERE status = %s "
+                "INSERT INTO dq_ready_execution "
+                "(job_id, backend, queue_name, priority, created_at) "
+                "SELECT id, backend, queue_name, priority, enqueued_at FROM dq_job WHERE status = %s "
                 "ORDER BY id",
                 [Job.Status.READY],
             )
