@@ -3,8 +3,10 @@
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast, overload
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
@@ -24,9 +26,21 @@ from .conf import (
 from .models import ClaimedExecution, Job
 from .serialization import jsonable, load_task
 
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Task is generic in django-stubs only: Django's is not subscriptable at runtime.
+if TYPE_CHECKING:
+    _AnyTask = Task[..., Any]
+else:
+    _AnyTask = Task
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DQTask(Task):
+class DQTask(_AnyTask):
     """A django.tasks Task with dq's options; ``@task(max_attempts=3, ...)`` builds one."""
 
     max_attempts: int = 1
@@ -48,19 +62,34 @@ class DQTask(Task):
     unique_key: str | Callable[..., str] | None = None
     unique_for: float | None = None
 
-    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None, **options):
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+        **options: Any,  # dq's options (DQ_OPTIONS), of their fields' types
+    ) -> Self:
         """A copy with other defaults; takes dq's options as well as Django's."""
         unknown = set(options) - DQ_OPTIONS
         if unknown:
             raise TypeError(f"Unknown task option(s): {', '.join(sorted(unknown))}.")
-        changed = Task.using(
-            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        # Task.using returns a copy of the same class (dataclasses.replace); the stub says Task.
+        changed = cast(
+            Self,
+            Task.using(
+                self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+            ),
         )
         return replace(changed, **options) if options else changed
 
-    def enqueue_many(self, calls):
+    def enqueue_many(
+        self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
+    ) -> "list[TaskResult[..., Any]]":
         """Enqueue one job per ``(args, kwargs)`` pair in a few statements; returns the results."""
-        return self.get_backend().enqueue_many(self, calls)
+        # A DQTask is DQBackend's task_class; the stub's get_backend says BaseTaskBackend.
+        return cast(DQBackend, self.get_backend()).enqueue_many(self, calls)
 
 
 # The options dq adds to Django's Task.
@@ -76,7 +105,12 @@ NUMBER_OPTIONS = (
 DEFAULTS = {field.name: field.default for field in fields(DQTask)}
 
 
-def render_key(template, task, args, kwargs):
+def render_key(
+    template: str | Callable[..., object],
+    task: "Task[..., Any]",
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> str:
     """A concurrency or unique key: ``template`` formatted with the task's arguments by
     name, or called with them."""
     if callable(template):
@@ -101,9 +135,11 @@ def render_key(template, task, args, kwargs):
     return key
 
 
-def unique_key_of(task, args, kwargs):
-    if getattr(task, "unique_key", None) is not None:
-        return f"{task.module_path}:{render_key(task.unique_key, task, args, kwargs)}"
+def unique_key_of(
+    task: "Task[..., Any]", args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> str | None:
+    if (unique_key := getattr(task, "unique_key", None)) is not None:
+        return f"{task.module_path}:{render_key(unique_key, task, args, kwargs)}"
     if getattr(task, "unique", False):
         canonical = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
         return f"{task.module_path}:{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -118,12 +154,14 @@ class DQBackend(BaseTaskBackend):
     supports_priority = True
 
     @property
-    def database(self):
-        return self.options.get("database", DEFAULT_DB_ALIAS)
+    def database(self) -> str:
+        # OPTIONS are settings, untyped: dq.checks reports a database that is no alias.
+        return cast(str, self.options.get("database", DEFAULT_DB_ALIAS))
 
-    def validate_task(self, task):
+    def validate_task(self, task: "Task[..., Any]") -> None:
         super().validate_task(task)
         queue_name, longest = task.queue_name, Job._meta.get_field("queue_name").max_length
+        assert longest is not None  # a CharField always has a max_length
         if not (
             isinstance(queue_name, str)
             and 0 < len(queue_name) <= longest
@@ -162,11 +200,15 @@ class DQBackend(BaseTaskBackend):
             if key is not None and not ((isinstance(key, str) and key) or callable(key)):
                 raise InvalidTask(f"{name} must be a non-empty template string or a callable.")
 
-    def enqueue(self, task, args, kwargs):
+    def enqueue(
+        self, task: "Task[P, R]", args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> "TaskResult[P, R]":
         [result] = self.enqueue_many(task, [(args, kwargs)])
         return result
 
-    def enqueue_many(self, task, calls):
+    def enqueue_many(
+        self, task: "Task[P, R]", calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
+    ) -> "list[TaskResult[P, R]]":
         """Enqueue one job per ``(args, kwargs)`` pair, in one transaction."""
         self.validate_task(task)
         jobs = self.new_jobs(task, calls)
@@ -179,7 +221,9 @@ class DQBackend(BaseTaskBackend):
                 task_enqueued.send(type(self), task_result=result)
         return results
 
-    def new_jobs(self, task, calls):
+    def new_jobs(
+        self, task: "Task[..., Any]", calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
+    ) -> list[Job]:
         """One unsaved job per ``(args, kwargs)`` call. Jobs of a task without concurrency
         or unique keys differ only in their arguments: the first is built, the others are
         copies of it with their own (building a model instance costs more than the rest of
@@ -198,14 +242,19 @@ class DQBackend(BaseTaskBackend):
         return jobs
 
     @staticmethod
-    def arguments(task, args, kwargs):
+    def arguments(
+        task: "Task[..., Any]", args: Iterable[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
         """A call's ``(args, kwargs)`` as a job stores them; TypeError if they are not JSON."""
         where = f"Arguments of {task.module_path}"
         return jsonable(list(args), where), jsonable(dict(kwargs), where)
 
-    def new_job(self, task, args, kwargs):
+    def new_job(
+        self, task: "Task[..., Any]", args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Job:
         args, kwargs = self.arguments(task, args, kwargs)
         concurrency_key = getattr(task, "concurrency_key", None)
+        dq_task = cast(DQTask, task)  # only a DQTask has a concurrency_key
         return Job(
             task_path=task.module_path,
             queue_name=task.queue_name,
@@ -221,14 +270,16 @@ class DQBackend(BaseTaskBackend):
             concurrency_key=render_key(concurrency_key, task, args, kwargs)
             if concurrency_key is not None
             else "",
-            concurrency_limit=task.concurrency_limit if concurrency_key is not None else None,
-            concurrency_duration=task.concurrency_duration if concurrency_key is not None else None,
+            concurrency_limit=dq_task.concurrency_limit if concurrency_key is not None else None,
+            concurrency_duration=dq_task.concurrency_duration
+            if concurrency_key is not None
+            else None,
             on_conflict=getattr(task, "on_conflict", Job.OnConflict.BLOCK),
             unique_key=unique_key_of(task, args, kwargs),
             unique_for=getattr(task, "unique_for", None),
         )
 
-    def cancel(self, result_id):
+    def cancel(self, result_id: str) -> "TaskResult[..., Any]":
         """Cancel a job that has not started, or ask a running one to stop; returns its
         TaskResult. TransitionNotAllowed once it has finished."""
         try:
@@ -237,14 +288,28 @@ class DQBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id) from None
         return self.get_result(result_id)
 
-    def get_result(self, result_id):
+    def get_result(self, result_id: str) -> "TaskResult[..., Any]":
         try:
             job = Job.objects.using(self.database).get(pk=int(result_id))
         except (Job.DoesNotExist, TypeError, ValueError):
             raise TaskResultDoesNotExist(result_id) from None
         return self.to_result(job)
 
-    def to_result(self, job, task=None, *, running_worker_id=None):
+    @overload
+    def to_result(
+        self, job: Job, task: None = None, *, running_worker_id: str | None = None
+    ) -> "TaskResult[..., Any]": ...
+    @overload
+    def to_result(
+        self, job: Job, task: "Task[P, R]", *, running_worker_id: str | None = None
+    ) -> "TaskResult[P, R]": ...
+    def to_result(
+        self,
+        job: Job,
+        task: "Task[..., Any] | None" = None,
+        *,
+        running_worker_id: str | None = None,
+    ) -> "TaskResult[..., Any]":
         """The TaskResult of ``job``; ``task`` is imported from the job's path when not given."""
         task = task_as_enqueued(job, task)
         worker_ids = job.worker_ids
@@ -277,18 +342,22 @@ class DQBackend(BaseTaskBackend):
         object.__setattr__(result, "_return_value", job.return_value)
         return result
 
-    def check(self, **kwargs):
+    def check(self, **kwargs: object) -> "list[CheckMessage]":
         return checks.check_backend(self)
 
 
-def task_as_enqueued(job, task=None):
+@overload
+def task_as_enqueued(job: Job, task: None = None) -> "Task[..., Any]": ...
+@overload
+def task_as_enqueued(job: Job, task: "Task[P, R]") -> "Task[P, R]": ...
+def task_as_enqueued(job: Job, task: "Task[..., Any] | None" = None) -> "Task[..., Any]":
     """``task`` (imported from the job's path when not given) with what ``job`` was
     enqueued with: its backend alias, queue, priority, time to run and dq's options.
     Options a job stores only rendered (concurrency and unique key templates) stay the
     task's own."""
     if task is None:
         task = load_task(job.task_path)
-    enqueued = {
+    enqueued: dict[str, Any] = {  # field values, of each field's type
         "queue_name": job.queue_name,
         "priority": job.priority,
         "run_after": job.scheduled_at,
@@ -315,22 +384,22 @@ def task_as_enqueued(job, task=None):
     return replace(task, **changes) if changes else task
 
 
-def is_importable(function):
+def is_importable(function: Callable[..., object]) -> bool:
     try:
         return import_string(f"{function.__module__}.{function.__qualname__}") is function
     except (ImportError, AttributeError):
         return False
 
 
-def backoff_of(task):
+def backoff_of(task: "Task[..., Any]") -> float | str | None:
     """A task's backoff as a job stores it: seconds, a function's dotted path, or None."""
-    backoff = getattr(task, "backoff", None)
+    backoff: float | Callable[[int], float] | None = getattr(task, "backoff", None)
     if callable(backoff):
         return f"{backoff.__module__}.{backoff.__qualname__}"
     return backoff
 
 
-STATUS_OF_JOB = {
+STATUS_OF_JOB: dict[str, TaskResultStatus] = {
     Job.Status.READY: TaskResultStatus.READY,
     Job.Status.SCHEDULED: TaskResultStatus.READY,
     Job.Status.RUNNING: TaskResultStatus.RUNNING,

@@ -2,16 +2,19 @@
 
 from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, Warning
+from django.core.checks import CheckMessage, Error, Warning
+from django.tasks.backends.base import BaseTaskBackend
 
 from . import conf
 from .serialization import load_task
 
 
-def check_backend(backend):
+def check_backend(backend: BaseTaskBackend) -> list[CheckMessage]:
     where = f"TASKS[{backend.alias!r}]"
     config, problems = conf.parse(backend.alias, backend.options)
-    messages = [Error(problem.message, obj=where, id=problem.id) for problem in problems]
+    messages: list[CheckMessage] = [
+        Error(problem.message, obj=where, id=problem.id) for problem in problems
+    ]
     if not apps.is_installed("dq"):
         messages.append(
             Error(

@@ -7,7 +7,9 @@ for, and again whenever ``override_settings`` changes TASKS or DATABASES.
 import functools
 import random
 import zoneinfo
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Self, cast
 
 from croniter import croniter
 from django.conf import settings
@@ -38,10 +40,10 @@ BACKOFF_CAP = 3600.0
 BACKOFF_JITTER = 0.25
 
 
-def exponential_backoff(failures):
+def exponential_backoff(failures: int) -> float:
     """Seconds before retrying after ``failures`` failed attempts: 2, 4, 8, ... up to an hour,
     each spread by +/-25% so that jobs failing together do not retry together."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
+    delay: float = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
     return delay * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
 
 
@@ -83,15 +85,21 @@ class Configuration:
     keep_finished: float | None = DEFAULT_KEEP_FINISHED
     keep_failed: float | None = None
     # Recurring tasks: key -> RecurringConfig; the scheduler runs if there are any.
-    recurring: dict = field(default_factory=dict)
+    recurring: dict[str, "RecurringConfig"] = field(default_factory=dict)
     scheduler: bool = True
 
-    def with_worker_overrides(self, *, queues=None, threads=None, processes=None):
+    def with_worker_overrides(
+        self,
+        *,
+        queues: tuple[str, ...] | None = None,
+        threads: int | None = None,
+        processes: int | None = None,
+    ) -> Self:
         """One worker group built from the first, with command-line overrides applied."""
         if queues is None and threads is None and processes is None:
             return self
         base = self.workers[0] if self.workers else WorkerConfig()
-        problems = []
+        problems: list[Problem] = []
         if threads is not None:
             _check_positive(threads, "--threads", problems, integer=True)
         if processes is not None:
@@ -100,7 +108,7 @@ class Configuration:
             _check_selectors(queues, "--queues", problems)
         if problems:
             raise ConfigurationError("; ".join(p.message for p in problems))
-        changes = {"queues": queues, "threads": threads, "processes": processes}
+        changes: dict[str, Any] = {"queues": queues, "threads": threads, "processes": processes}
         worker = replace(base, **{k: v for k, v in changes.items() if v is not None})
         return replace(self, workers=(worker,))
 
@@ -109,8 +117,8 @@ class Configuration:
 class RecurringConfig:
     task: str
     schedule: str
-    args: list = field(default_factory=list)
-    kwargs: dict = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     queue_name: str | None = None
     priority: int | None = None
     description: str = ""
@@ -151,7 +159,7 @@ _WORKER_KEYS = {"queues", "threads", "processes", "polling_interval", "max_jobs"
 _DISPATCHER_KEYS = {"processes", "batch_size", "polling_interval"}
 
 
-def parse_queues(value):
+def parse_queues(value: str | Iterable[str]) -> tuple[str, ...]:
     """``"a,b,mail*"`` or ``["a", "b"]`` -> a tuple of queue selectors, order kept."""
     if isinstance(value, str):
         value = value.split(",")
@@ -162,20 +170,21 @@ def parse_queues(value):
 BACKEND_PATH = "dq.backend.DQBackend"
 
 
-def is_dq_backend(alias):
+def is_dq_backend(alias: str) -> bool:
     """Whether TASKS[alias] is a dq backend (its class loaded by path, as Django does)."""
-    backend_class = import_string(settings.TASKS[alias]["BACKEND"])
+    # The stubs' plugin types TASKS by the checking settings' value; BACKEND is a dotted path.
+    backend_class = import_string(cast(str, settings.TASKS[alias]["BACKEND"]))
     return any(
         f"{klass.__module__}.{klass.__qualname__}" == BACKEND_PATH
         for klass in backend_class.__mro__
     )
 
 
-def backend_options(alias):
+def backend_options(alias: str) -> object:
     return settings.TASKS.get(alias, {}).get("OPTIONS", {}) or {}
 
 
-def load(alias):
+def load(alias: str) -> Configuration:
     """The Configuration of backend ``alias``; ConfigurationError if OPTIONS are invalid."""
     config, problems = parsed(alias)
     if problems:
@@ -184,7 +193,7 @@ def load(alias):
     return config
 
 
-def max_interruptions(alias):
+def max_interruptions(alias: str) -> int:
     """How often backend ``alias`` re-runs an interrupted at_least_once job; the default
     when its OPTIONS cannot be read (recovery must never stop on bad settings)."""
     config, problems = parsed(alias)
@@ -192,21 +201,21 @@ def max_interruptions(alias):
 
 
 @functools.cache
-def parsed(alias):
+def parsed(alias: str) -> tuple[Configuration, list[Problem]]:
     """``parse`` of backend ``alias``'s OPTIONS, once per settings: read again after
     ``override_settings`` changes TASKS or DATABASES."""
     return parse(alias, backend_options(alias))
 
 
 @receiver(setting_changed)
-def _forget_parsed(*, setting, **kwargs):
+def _forget_parsed(*, setting: str, **kwargs: object) -> None:
     if setting in ("TASKS", "DATABASES", "TIME_ZONE"):
         parsed.cache_clear()
 
 
-def parse(alias, options):
+def parse(alias: str, options: object) -> tuple[Configuration, list[Problem]]:
     """Return (Configuration, problems); the Configuration is only meaningful without problems."""
-    problems = []
+    problems: list[Problem] = []
     if not isinstance(options, dict):
         return Configuration(backend=alias), [Problem("dq.E002", "OPTIONS must be a dict.")]
     for key in sorted(set(options) - _TOP_LEVEL_KEYS):
@@ -233,7 +242,8 @@ def parse(alias, options):
             dispatcher.processes, "dispatchers.processes", problems, integer=True, zero=True
         )
 
-    numbers = {}
+    numbers: dict[str, Any] = {}
+    default: float | None  # the defaults below: numbers, then a number or None
     for key, default, integer in (
         ("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, False),
         ("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL, False),
@@ -263,6 +273,7 @@ def parse(alias, options):
         )
     if problems:
         return Configuration(backend=alias), problems
+    assert dispatcher is not None  # None only with a problem, returned above
     return (
         Configuration(
             backend=alias,
@@ -277,7 +288,7 @@ def parse(alias, options):
     )
 
 
-def _parse_workers(value, problems):
+def _parse_workers(value: object, problems: list[Problem]) -> tuple[WorkerConfig, ...]:
     if value is None:
         return (WorkerConfig(),)
     if isinstance(value, dict):
@@ -289,7 +300,7 @@ def _parse_workers(value, problems):
     for index, section in enumerate(value):
         worker = _parse_section(section, WorkerConfig, _WORKER_KEYS, f"workers[{index}]", problems)
         if worker is not None:
-            queues = worker.queues
+            queues: object = worker.queues  # as the settings gave it, not checked yet
             if not isinstance(queues, str) and not (
                 isinstance(queues, list | tuple) and all(isinstance(q, str) for q in queues)
             ):
@@ -302,7 +313,7 @@ def _parse_workers(value, problems):
     return tuple(workers)
 
 
-def _parse_recurring(value, problems):
+def _parse_recurring(value: object, problems: list[Problem]) -> dict[str, RecurringConfig]:
     if not isinstance(value, dict):
         problems.append(Problem("dq.E002", "OPTIONS['recurring'] must be a dict of key -> task."))
         return {}
@@ -331,7 +342,8 @@ def _parse_recurring(value, problems):
                 )
             )
         if not isinstance(entry.args, list) or not isinstance(entry.kwargs, dict):
-            problems.append(Problem("dq.E002", f"{where}: args must be a list, kwargs a dict."))
+            # The fields hold the settings' values, not checked yet.
+            problems.append(Problem("dq.E002", f"{where}: args must be a list, kwargs a dict."))  # type: ignore[unreachable]
         if entry.timezone is not None:
             try:
                 zoneinfo.ZoneInfo(entry.timezone)
@@ -343,7 +355,7 @@ def _parse_recurring(value, problems):
     return recurring
 
 
-def _check_worker(worker, where, problems):
+def _check_worker(worker: WorkerConfig, where: str, problems: list[Problem]) -> None:
     _check_positive(worker.threads, f"{where}.threads", problems, integer=True)
     _check_positive(worker.processes, f"{where}.processes", problems, integer=True, zero=True)
     if worker.polling_interval is not None:
@@ -355,7 +367,7 @@ def _check_worker(worker, where, problems):
     _check_selectors(worker.queues, f"{where}.queues", problems)
 
 
-def _check_selectors(selectors, where, problems):
+def _check_selectors(selectors: Sequence[str], where: str, problems: list[Problem]) -> None:
     if not selectors:
         problems.append(Problem("dq.E004", f"{where} is empty; use ['*'] for every queue."))
     bad = [repr(s) for s in dict.fromkeys(selectors) if not QueueSelector.is_valid(s)]
@@ -370,7 +382,9 @@ def _check_selectors(selectors, where, problems):
         )
 
 
-def _parse_section(section, config_class, keys, where, problems):
+def _parse_section[C](
+    section: object, config_class: type[C], keys: set[str], where: str, problems: list[Problem]
+) -> C | None:
     if not isinstance(section, dict):
         problems.append(Problem("dq.E002", f"OPTIONS['{where}'] must be a dict."))
         return None
@@ -382,12 +396,16 @@ def _parse_section(section, config_class, keys, where, problems):
     return config_class(**{k: v for k, v in section.items() if k in keys})
 
 
-def _check_positive(value, name, problems, *, integer=False, zero=False):
+def _check_positive(
+    value: object, name: str, problems: list[Problem], *, integer: bool = False, zero: bool = False
+) -> None:
     if problem := number_problem(value, name, integer=integer, zero=zero):
         problems.append(Problem("dq.E002", problem))
 
 
-def number_problem(value, name, *, integer=False, zero=False, unit=""):
+def number_problem(
+    value: object, name: str, *, integer: bool = False, zero: bool = False, unit: str = ""
+) -> str | None:
     """None when ``value`` is a number > 0 (>= 0 with ``zero``; a whole one with
     ``integer``), else the sentence that says what ``name`` must be."""
     kinds = int if integer else int | float

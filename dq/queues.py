@@ -42,7 +42,7 @@ class QueueSelector:
             return queue_name.startswith(self.prefix)
         return queue_name == self.text
 
-    def sql(self, column: str) -> tuple[str, list[object]]:
+    def sql(self, column: str) -> tuple[str, list[str | int]]:
         """The condition on ``column`` (a queue name) as SQL with ``%s`` parameters, and the
         parameters. A prefix is compared as text, not with LIKE: no wildcard to escape,
         and case-sensitive where LIKE is not (SQLite, MySQL)."""

@@ -11,7 +11,7 @@ from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 
-def load_task(path: str) -> Task:
+def load_task(path: str) -> "Task[..., Any]":
     """The Task object at ``path``; ImportError with a clear message if there is none."""
     try:
         task = import_string(path)

@@ -5,11 +5,12 @@ Nothing here scans the whole jobs table: counts of finished jobs are capped, and
 of queue and task names come from the jobs in flight and the latest jobs.
 """
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Prefetch
+from django.db.models import Count, Min, Prefetch, QuerySet
 from django.db.models.functions import TruncMinute
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
@@ -50,7 +51,7 @@ RUNNING_SHOWN = 5  # jobs named per process as "running now"; the rest are count
 ACTIVITY_MINUTES = 60
 
 
-def backend_alias():
+def backend_alias() -> str:
     """The dq backend the admin and ``dq_status`` show: the default task backend if it is
     dq's, else the first dq backend in TASKS."""
     aliases = sorted(settings.TASKS, key=lambda alias: alias != DEFAULT_TASK_BACKEND_ALIAS)
@@ -59,7 +60,7 @@ def backend_alias():
     )
 
 
-def shown_config():
+def shown_config() -> conf.Configuration:
     """The Configuration of the backend the admin and ``dq_status`` show (its database,
     alive threshold)."""
     return conf.load(backend_alias())
@@ -67,7 +68,7 @@ def shown_config():
 
 @dataclass(slots=True)
 class Minute:
-    start: object  # an aware datetime
+    start: datetime  # aware
     finished: int = 0
     failed: int = 0
 
@@ -75,23 +76,23 @@ class Minute:
 @dataclass(slots=True)
 class QueueSummary:
     name: str
-    counts: dict = field(default_factory=dict)  # state name -> jobs
-    capped: set = field(default_factory=set)  # states with more jobs than CLOSED_COUNT_CAP
+    counts: dict[str, int] = field(default_factory=dict)  # state name -> jobs
+    capped: set[str] = field(default_factory=set)  # states with more jobs than CLOSED_COUNT_CAP
     paused: bool = False
-    oldest_ready_at: object = None
-    activity: list = field(default_factory=list)  # Minute per minute of the last hour
+    oldest_ready_at: datetime | None = None
+    activity: list[Minute] = field(default_factory=list)  # Minute per minute of the last hour
 
-    def oldest_ready_age(self, now):
+    def oldest_ready_age(self, now: datetime) -> timedelta | None:
         return None if self.oldest_ready_at is None else now - self.oldest_ready_at
 
 
-def activity_minutes(now):
+def activity_minutes(now: datetime) -> list[datetime]:
     """The starts of the last ACTIVITY_MINUTES minutes, oldest first, the current one last."""
     current = now.replace(second=0, microsecond=0)
     return [current - timedelta(minutes=ACTIVITY_MINUTES - 1 - i) for i in range(ACTIVITY_MINUTES)]
 
 
-def activity(*, using, now):
+def activity(*, using: str, now: datetime) -> dict[str, list[Minute]]:
     """Jobs finished and failed per minute over the last hour: {queue: [Minute, ...]}."""
     starts = activity_minutes(now)
     ended = (
@@ -105,7 +106,7 @@ def activity(*, using, now):
         .annotate(jobs=Count("pk"))
         .order_by()
     )
-    per_queue = {}
+    per_queue: dict[str, dict[datetime, Minute]] = {}
     for queue, status, minute, jobs in ended:
         minutes = per_queue.setdefault(queue, {start: Minute(start) for start in starts})
         bucket = minutes.get(minute)
@@ -118,7 +119,7 @@ def activity(*, using, now):
     return {queue: list(minutes.values()) for queue, minutes in per_queue.items()}
 
 
-def total_activity(per_queue, now):
+def total_activity(per_queue: Mapping[str, Iterable[Minute]], now: datetime) -> list[Minute]:
     """The per-minute activity of all queues together."""
     minutes = [Minute(start) for start in activity_minutes(now)]
     for queue_minutes in per_queue.values():
@@ -128,7 +129,7 @@ def total_activity(per_queue, now):
     return minutes
 
 
-def known_queues(*, using):
+def known_queues(*, using: str) -> list[str]:
     """Queue names worth offering: those with jobs in an open state (waiting, running or
     failed), paused ones, and those of the latest jobs."""
     names = set(
@@ -145,13 +146,13 @@ def known_queues(*, using):
     return sorted(names)
 
 
-def recent_tasks(*, using):
+def recent_tasks(*, using: str) -> list[str]:
     """Task paths of the latest jobs, sorted."""
     latest = Job.objects.using(using).order_by("-pk").values_list("task_path", flat=True)
     return sorted(set(latest[:RECENT_JOBS]))
 
 
-def queue_summaries(*, using, now=None):
+def queue_summaries(*, using: str, now: datetime | None = None) -> list[QueueSummary]:
     """One QueueSummary per known queue, by name."""
     now = now or timezone.now()
     open_counts = (
@@ -193,13 +194,13 @@ def queue_summaries(*, using, now=None):
     return list(queues.values())
 
 
-def is_alive(last_heartbeat_at, alive_threshold, now):
+def is_alive(last_heartbeat_at: datetime | None, alive_threshold: float, now: datetime) -> bool:
     return last_heartbeat_at is not None and (now - last_heartbeat_at).total_seconds() <= (
         alive_threshold
     )
 
 
-def processes_with_claims(*, using):
+def processes_with_claims(*, using: str) -> QuerySet[Process]:
     """Every process, with ``claims`` (their jobs loaded) prefetched: what each one runs."""
     claims = (
         ClaimedExecution.objects.using(using)

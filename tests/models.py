@@ -8,7 +8,7 @@ class Run(models.Model):
     pid = models.IntegerField()
     at = models.DateTimeField(auto_now_add=True)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.label} (pid {self.pid})"
 
 
@@ -22,7 +22,7 @@ class ChaosExecution(models.Model):
     class Meta:
         abstract = True
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"job {self.job_id} attempt {self.attempt} (pid {self.pid})"
 
 

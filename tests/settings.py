@@ -30,11 +30,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     name = Path(DATABASES["default"]["NAME"])
     DATABASES["default"]["TEST"] = {"NAME": str(name.with_name(f"test-{name.name}"))}
 
-# A second database, for what dq must refuse to mix with its own (exactly_once writes).
+# A second database, for what dq must refuse to mix with its own (exactly_once writes);
+# beside the first when that is SQLite, so that runs on two files never share it.
+other = Path(DATABASES["default"]["NAME"]) if "sqlite" in DATABASES["default"]["ENGINE"] else None
+other = other.with_name(f"other-{other.name}") if other else BASE / ".test-db" / "other.sqlite3"
 DATABASES["other"] = {
     "ENGINE": "django.db.backends.sqlite3",
-    "NAME": str(BASE / ".test-db" / "other.sqlite3"),
-    "TEST": {"NAME": str(BASE / ".test-db" / "test-other.sqlite3")},
+    "NAME": str(other),
+    "TEST": {"NAME": str(other.with_name(f"test-{other.name}"))},
 }
 
 INSTALLED_APPS = [

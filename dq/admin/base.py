@@ -1,17 +1,21 @@
 """What every dq admin page shares: read-only, on dq's database, cheap to count, and actions
 that only staff with dq's permissions can run."""
 
+from typing import TYPE_CHECKING, Any, cast
+
 from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponseRedirect
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from ..exceptions import TransitionNotAllowed
@@ -19,6 +23,9 @@ from ..models import BlockedExecution, FailedExecution, Job, ScheduledExecution
 from ..models.paging import pk_batches
 from ..stats import shown_config
 from .display import state_badge
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
 
 BATCH_SIZE = 500  # jobs changed per transaction by an action on "all matching"
 NAMED_IN_MESSAGES = 5  # jobs an action names when it could not change them
@@ -33,23 +40,35 @@ PERMISSIONS = {
     "pause": "dq.pause_queue",
 }
 
+# django-stubs' ModelAdmin and Paginator are generic; Django's are not subscriptable.
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin
+    _Paginator = Paginator[Model]
+else:
 
-class CappedCountPaginator(Paginator):
+    class _ModelAdmin[ModelT: Model](admin.ModelAdmin):
+        pass
+
+    _Paginator = Paginator
+
+
+class CappedCountPaginator(_Paginator):
     """Counts at most ``cap`` rows: a bounded index scan, however large the table. Beyond it
     the list says "10,000+" and the pages stop there; filters narrow it down."""
 
     cap = 10_000
 
     capped = False  # whether there are more rows than ``count`` says
+    object_list: QuerySet[Model]  # the admin pages a changelist's queryset
 
     @cached_property
-    def count(self):
+    def count(self) -> int:
         counted = self.object_list.order_by().values("pk")[: self.cap + 1].count()
         self.capped = counted > self.cap
         return min(counted, self.cap)
 
 
-class DQModelAdmin(admin.ModelAdmin):
+class DQModelAdmin[ModelT: Model](_ModelAdmin[ModelT]):
     """Read-only: nobody adds, edits or deletes dq's rows by hand. Seeing any of them takes
     ``dq.view_job``; each action takes its own permission."""
 
@@ -62,48 +81,56 @@ class DQModelAdmin(admin.ModelAdmin):
         css = {"all": ["dq/admin.css"]}
 
     @property
-    def db(self):
+    def db(self) -> str:
         return shown_config().database
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelT]:
         return super().get_queryset(request).using(self.db)
 
-    def has_add_permission(self, request, obj=None):
+    def has_add_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         return False
 
-    def has_view_permission(self, request, obj=None):
+    def has_view_permission(self, request: HttpRequest, obj: ModelT | None = None) -> bool:
         return request.user.has_perm(PERMISSIONS["view"])
 
-    def has_retry_permission(self, request):
+    def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["retry"])
 
-    def has_discard_permission(self, request):
+    def has_discard_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["discard"])
 
-    def has_run_now_permission(self, request):
+    def has_run_now_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["run_now"])
 
-    def has_cancel_permission(self, request):
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["cancel"])
 
-    def has_pause_permission(self, request):
+    def has_pause_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["pause"])
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         self.refuse_forbidden_action(request, ActionLocation.CHANGE_LIST)
         return super().changelist_view(request, extra_context)
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         self.refuse_forbidden_action(request, ActionLocation.CHANGE_FORM)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def refuse_forbidden_action(self, request, location):
+    def refuse_forbidden_action(self, request: HttpRequest, location: ActionLocation) -> None:
         """403 for a POST of an action the user may not run (Django would only say "No
         action selected", or ignore it when the user may run none)."""
         if request.method != "POST":
@@ -116,7 +143,16 @@ class DQModelAdmin(admin.ModelAdmin):
                 raise PermissionDenied
 
 
-class JobActionsMixin:
+# The type checker sees the admin JobActionsMixin is mixed into; Python, a bare mixin.
+if TYPE_CHECKING:
+    _MixedInto = DQModelAdmin
+else:
+
+    class _MixedInto[ModelT: Model]:
+        pass
+
+
+class JobActionsMixin[ModelT: Model](_MixedInto[ModelT]):
     """Retry, discard and run now, on the jobs behind a changelist's rows (``jobs_of``): a
     selection, all rows matching the filters ("select all"), or one job from its page.
 
@@ -124,7 +160,7 @@ class JobActionsMixin:
     every job it changed in the admin log.
     """
 
-    def jobs_of(self, queryset):
+    def jobs_of(self, queryset: QuerySet[ModelT]) -> QuerySet[Job]:
         return Job.objects.using(self.db).filter(pk__in=queryset.values("job_id"))
 
     @admin.action(
@@ -132,9 +168,10 @@ class JobActionsMixin:
         permissions=["cancel"],
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
-    def cancel_jobs(self, request, queryset):
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
         cancellable = self.jobs_of(queryset).filter(status__in=Job.CANCELLABLE)
-        cancelled, asked = [], []
+        cancelled: list[int] = []
+        asked: list[int] = []
         for batch in pk_batches(cancellable, BATCH_SIZE):
             for job_id in batch:
                 try:
@@ -161,7 +198,7 @@ class JobActionsMixin:
         permissions=["retry"],
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
-    def retry_jobs(self, request, queryset):
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
         failed = FailedExecution.objects.using(self.db).filter(
             job_id__in=self.jobs_of(queryset).values("pk")
         )
@@ -181,11 +218,11 @@ class JobActionsMixin:
         permissions=["discard"],
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
-    def discard_jobs(self, request, queryset):
+    def discard_jobs(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self.confirm_discard(request, queryset)
         discarded = kept = 0
-        named = []  # the first few jobs kept, to say why
+        named: list[Job] = []  # the first few jobs kept, to say why
         for gone, left in Job.discard_batches(
             self.jobs_of(queryset), batch_size=BATCH_SIZE, using=self.db
         ):
@@ -211,7 +248,9 @@ class JobActionsMixin:
         permissions=["run_now"],
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
-    def run_jobs_now(self, request, queryset):
+    def run_jobs_now(
+        self, request: HttpRequest, queryset: QuerySet[ModelT]
+    ) -> TemplateResponse | None:
         selected = self.jobs_of(queryset).values("pk")
         blocked = BlockedExecution.objects.using(self.db).filter(job_id__in=selected)
         if request.POST.get("confirm") != "yes" and blocked.exists():
@@ -219,7 +258,12 @@ class JobActionsMixin:
         moved = 0
         for execution, state in ((ScheduledExecution, "scheduled"), (BlockedExecution, "blocked")):
             waiting = execution.objects.using(self.db).filter(job_id__in=selected)
-            for jobs in execution.run_now_batches(waiting, batch_size=BATCH_SIZE, using=self.db):
+            # Each class gets its own rows; mypy cannot pair the two unions' members.
+            for jobs in execution.run_now_batches(
+                waiting,  # type: ignore[arg-type]
+                batch_size=BATCH_SIZE,
+                using=self.db,
+            ):
                 self.log_jobs(request, jobs, CHANGE, f"Run now: moved from {state} to ready.")
                 moved += len(jobs)
         if moved:
@@ -232,8 +276,9 @@ class JobActionsMixin:
                 "No scheduled or blocked job selected: nothing to run now.",
                 messages.WARNING,
             )
+        return None
 
-    def confirm_discard(self, request, queryset):
+    def confirm_discard(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> TemplateResponse:
         """Deleting jobs cannot be undone: a page names what would go first."""
         jobs = self.jobs_of(queryset)
         count = jobs.order_by().values("pk")[: CappedCountPaginator.cap + 1].count()
@@ -252,7 +297,9 @@ class JobActionsMixin:
             confirm_label="Yes, discard",
         )
 
-    def confirm_run_over_limit(self, request, blocked):
+    def confirm_run_over_limit(
+        self, request: HttpRequest, blocked: QuerySet[BlockedExecution]
+    ) -> TemplateResponse:
         """A blocked job run now takes a slot its concurrency key does not have: it runs
         beside the jobs that hold the key's slots, over the key's limit."""
         shown = list(blocked.select_related("job").order_by("-job_id")[:NAMED_IN_MESSAGES])
@@ -283,7 +330,17 @@ class JobActionsMixin:
             confirm_label="Yes, run over the limit",
         )
 
-    def confirm(self, request, *, action_label, question, jobs, more, capped, confirm_label):
+    def confirm(
+        self,
+        request: HttpRequest,
+        *,
+        action_label: str,
+        question: str,
+        jobs: list[tuple[Job, SafeString]],
+        more: int,
+        capped: bool,
+        confirm_label: str,
+    ) -> TemplateResponse:
         """A page that asks ``question`` about ``jobs`` (with ``more`` not shown) and posts
         the same action again with ``confirm=yes``."""
         context = {
@@ -307,15 +364,21 @@ class JobActionsMixin:
         }
         return TemplateResponse(request, "admin/dq/action_confirmation.html", context)
 
-    def log_jobs(self, request, jobs, action_flag, message):
+    def log_jobs(
+        self,
+        request: HttpRequest,
+        jobs: QuerySet[Job] | list[Job],
+        action_flag: int,
+        message: str,
+    ) -> None:
         if jobs:
             LogEntry.objects.log_actions(
-                user_id=request.user.pk,
+                user_id=cast("AbstractBaseUser", request.user).pk,  # admin: logged-in staff
                 queryset=jobs,
                 action_flag=action_flag,
                 change_message=message,
             )
 
 
-def jobs_count(count):
+def jobs_count(count: int) -> str:
     return f"{count} job" if count == 1 else f"{count} jobs"

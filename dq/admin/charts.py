@@ -1,11 +1,20 @@
 """Jobs finished and failed per minute, drawn server-side as inline SVG (no front-end build)."""
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from django.utils.formats import localize
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from django.utils.timezone import localtime
 
+if TYPE_CHECKING:
+    from ..stats import Minute
 
-def activity_svg(minutes, *, width=720, height=160, axis=True):
+
+def activity_svg(
+    minutes: Sequence["Minute"], *, width: int = 720, height: int = 160, axis: bool = True
+) -> SafeString:
     """Stacked bars, one per minute: finished (bottom) and failed (top). Each bar has a title
     with its minute and counts; ``axis=False`` draws a bare sparkline."""
     finished = sum(minute.finished for minute in minutes)

@@ -1,11 +1,15 @@
 """One list per execution state that needs a person's eye: failed, claimed (running) and
 scheduled jobs. Each row links to its job's page, where everything about the job is."""
 
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from ..models import (
@@ -20,6 +24,23 @@ from .base import DQModelAdmin, JobActionsMixin
 from .display import age, alive_badge, job_link, moment, process_link, waiting_for
 from .filters import ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter, QueueFilter
 
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import TypedDict
+
+    from django_stubs_ext import WithAnnotations
+
+    class ClaimAnnotations(TypedDict):
+        """What ClaimedExecutionAdmin reads beside each claim, of its process (None if gone)."""
+
+        process_name: str | None
+        process_pid: int | None
+        process_host: str | None
+        heartbeat_at: datetime | None
+
+    Claim = WithAnnotations[ClaimedExecution, ClaimAnnotations]
+
+
 # The job columns the lists show; its large JSON columns stay unread.
 JOB_COLUMNS = [
     "job__task_path",
@@ -30,37 +51,45 @@ JOB_COLUMNS = [
 ]
 
 
-class ExecutionAdmin(JobActionsMixin, DQModelAdmin):
+class ExecutionAdmin[
+    ExecutionT: FailedExecution | ClaimedExecution | ScheduledExecution | BlockedExecution
+](JobActionsMixin[ExecutionT], DQModelAdmin[ExecutionT]):
     """A list of one execution table; a row's page is its job's page."""
 
     list_display_links = None
     job_columns = JOB_COLUMNS
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutionT]:
         fields = [f.name for f in self.model._meta.concrete_fields]
         return super().get_queryset(request).select_related("job").only(*fields, *self.job_columns)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         execution = self.get_object(request, object_id)
         if execution is None or not self.has_view_permission(request, execution):
             return super().change_view(request, object_id, form_url, extra_context)
         return redirect("admin:dq_job_change", execution.job_id)
 
     @admin.display(description="job", ordering="job_id")
-    def job_id_link(self, execution):
+    def job_id_link(self, execution: ExecutionT) -> SafeString:
         return job_link(execution.job_id)
 
     @admin.display(description="task")
-    def task(self, execution):
+    def task(self, execution: ExecutionT) -> str:
         return execution.job.task_path
 
     @admin.display(description="queue")
-    def queue(self, execution):
+    def queue(self, execution: ExecutionT) -> str:
         return execution.job.queue_name
 
 
 @admin.register(FailedExecution)
-class FailedExecutionAdmin(ExecutionAdmin):
+class FailedExecutionAdmin(ExecutionAdmin[FailedExecution]):
     list_display = [
         "job_id_link",
         "task",
@@ -78,7 +107,7 @@ class FailedExecutionAdmin(ExecutionAdmin):
     actions = ["retry_jobs", "discard_jobs"]
 
     @admin.display(description="error")
-    def error(self, failed):
+    def error(self, failed: FailedExecution) -> SafeString:
         return format_html(
             '{}<details class="dq-details"><summary>traceback</summary>'
             '<pre class="dq-traceback">{}</pre></details>',
@@ -87,12 +116,12 @@ class FailedExecutionAdmin(ExecutionAdmin):
         )
 
     @admin.display(description="attempts")
-    def attempts(self, failed):
+    def attempts(self, failed: FailedExecution) -> int:
         return failed.job.attempt_count
 
 
 @admin.register(ClaimedExecution)
-class ClaimedExecutionAdmin(ExecutionAdmin):
+class ClaimedExecutionAdmin(ExecutionAdmin[ClaimedExecution]):
     """Running jobs, with the process that holds each and whether its heartbeat is stale."""
 
     list_display = [
@@ -111,7 +140,7 @@ class ClaimedExecutionAdmin(ExecutionAdmin):
     sortable_by = ["claimed"]
     actions = None
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> "QuerySet[Claim]":
         # A claim can outlive its process row (pruned): read the process beside each claim,
         # never join it away.
         process = Process.objects.using(self.db).filter(pk=OuterRef("process_id"))
@@ -127,7 +156,7 @@ class ClaimedExecutionAdmin(ExecutionAdmin):
         )
 
     @admin.display(description="process")
-    def held_by(self, claim):
+    def held_by(self, claim: "Claim") -> SafeString | str:
         if claim.process_name is None:
             return f"process {claim.process_id} (gone)"
         return format_html(
@@ -135,15 +164,15 @@ class ClaimedExecutionAdmin(ExecutionAdmin):
         )
 
     @admin.display(description="host")
-    def host(self, claim):
+    def host(self, claim: "Claim") -> str:
         return claim.process_host or "-"
 
     @admin.display(description="claimed", ordering="claimed_at")
-    def claimed(self, claim):
+    def claimed(self, claim: ClaimedExecution) -> SafeString | str:
         return moment(claim.claimed_at)
 
     @admin.display(description="heartbeat")
-    def heartbeat(self, claim):
+    def heartbeat(self, claim: "Claim") -> SafeString:
         alive = is_alive(claim.heartbeat_at, shown_config().alive_threshold, timezone.now())
         if claim.heartbeat_at is None:
             return alive_badge(False)
@@ -151,7 +180,7 @@ class ClaimedExecutionAdmin(ExecutionAdmin):
 
 
 @admin.register(ScheduledExecution)
-class ScheduledExecutionAdmin(ExecutionAdmin):
+class ScheduledExecutionAdmin(ExecutionAdmin[ScheduledExecution]):
     """Jobs waiting for their time: deferred with run_after, or backing off before a retry."""
 
     list_display = ["job_id_link", "task", "queue_name", "priority", "runs_at", "why"]
@@ -163,11 +192,11 @@ class ScheduledExecutionAdmin(ExecutionAdmin):
     actions = ["run_jobs_now", "discard_jobs"]
 
     @admin.display(description="runs at", ordering="scheduled_at")
-    def runs_at(self, scheduled):
+    def runs_at(self, scheduled: ScheduledExecution) -> SafeString | str:
         return moment(scheduled.scheduled_at)
 
     @admin.display(description="waiting for")
-    def why(self, scheduled):
+    def why(self, scheduled: ScheduledExecution) -> str:
         job = scheduled.job
         if job.attempt_count:
             return f"retry: attempt {job.attempt_count + 1} of at most {job.max_attempts}"
@@ -175,7 +204,7 @@ class ScheduledExecutionAdmin(ExecutionAdmin):
 
 
 @admin.register(BlockedExecution)
-class BlockedExecutionAdmin(ExecutionAdmin):
+class BlockedExecutionAdmin(ExecutionAdmin[BlockedExecution]):
     """Jobs waiting for a free slot of their concurrency key."""
 
     list_display = ["job_id_link", "task", "queue_name", "priority", "waiting_for", "since"]
@@ -188,9 +217,9 @@ class BlockedExecutionAdmin(ExecutionAdmin):
     job_columns = [*JOB_COLUMNS, "job__concurrency_limit"]
 
     @admin.display(description="waiting for", ordering="concurrency_key")
-    def waiting_for(self, blocked):
+    def waiting_for(self, blocked: BlockedExecution) -> SafeString:
         return waiting_for(blocked)
 
     @admin.display(description="blocked since", ordering="created_at")
-    def since(self, blocked):
+    def since(self, blocked: BlockedExecution) -> SafeString | str:
         return moment(blocked.created_at)

@@ -2,23 +2,30 @@
 and each filter matches an index of the jobs table."""
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin
-from django.db.models import Q
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 from django.utils import timezone
 
 from ..stats import STATE_BY_NAME, STATES, known_queues, recent_tasks, shown_config
+
+if TYPE_CHECKING:
+    from .base import DQModelAdmin
 
 
 class StateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
         return [(state.name, state.label) for state in STATES]
 
-    def queryset(self, request, queryset):
-        state = STATE_BY_NAME.get(self.value())
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        state = STATE_BY_NAME.get(self.value() or "")  # no choice ("") names no state
         return queryset.filter(status=state.status) if state else queryset
 
 
@@ -27,20 +34,23 @@ class QueueFilter(admin.SimpleListFilter):
     parameter_name = "queue"
     lookup = "queue_name"
 
-    def lookups(self, request, model_admin):
-        names = known_queues(using=model_admin.db)
-        if self.value() and self.value() not in names:
-            names.append(self.value())
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
+        # dq's filters are only on dq's admins.
+        names = known_queues(using=cast("DQModelAdmin[Any]", model_admin).db)
+        if (value := self.value()) and value not in names:
+            names.append(value)
         return [(name, name) for name in names]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(**{self.lookup: self.value()}) if self.value() else queryset
 
 
 class JobQueueFilter(QueueFilter):
     """The queue of an execution's job."""
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if not self.value():
             return queryset
         # Naming the jobs' status lets the jobs' (status, queue_name) index find them.
@@ -54,13 +64,16 @@ class TaskFilter(admin.SimpleListFilter):
     parameter_name = "task"
     lookup = "task_path"
 
-    def lookups(self, request, model_admin):
-        paths = recent_tasks(using=model_admin.db)
-        if self.value() and self.value() not in paths:
-            paths.append(self.value())
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
+        # dq's filters are only on dq's admins.
+        paths = recent_tasks(using=cast("DQModelAdmin[Any]", model_admin).db)
+        if (value := self.value()) and value not in paths:
+            paths.append(value)
         return [(path, path) for path in paths]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(**{self.lookup: self.value()}) if self.value() else queryset
 
 
@@ -72,10 +85,12 @@ class RetriedFilter(admin.SimpleListFilter):
     title = "retried"
     parameter_name = "retried"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
         return [("yes", "Yes: more than one attempt"), ("no", "No")]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "yes":
             return queryset.filter(attempt_count__gt=1)
         if self.value() == "no":
@@ -91,10 +106,12 @@ class HeartbeatFilter(admin.SimpleListFilter):
     parameter_name = "heartbeat"
     field = "last_heartbeat_at"
 
-    def lookups(self, request, model_admin):
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
         return [("alive", "Alive"), ("stale", "Stale")]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() not in ("alive", "stale"):
             return queryset
         cutoff = timezone.now() - timedelta(seconds=shown_config().alive_threshold)

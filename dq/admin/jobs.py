@@ -1,10 +1,15 @@
 """Jobs: the list (filter by state, queue, task, retried; newest first) and a job's page
 with its arguments, state, times, workers and attempt history."""
 
+from typing import TYPE_CHECKING, Any, cast
+
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from ..models import (
     BlockedExecution,
@@ -28,15 +33,21 @@ from .display import (
 )
 from .filters import QueueFilter, RetriedFilter, StateFilter, TaskFilter
 
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
+    from django.utils.datastructures import _ListOrTuple
+
 # Large JSON columns the list never shows.
 LIST_DEFERRED = ["args", "kwargs", "attempts", "return_value", "backoff"]
 
 
 class JobChangeList(ChangeList):
-    def get_queryset(self, request, exclude_parameters=None):
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Job]:
         return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED)
 
-    def get_results(self, request):
+    def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         if self.result_count == 0:
             # Counted nothing: a search that matched no row need not scan again to show it.
@@ -44,7 +55,7 @@ class JobChangeList(ChangeList):
 
 
 @admin.register(Job)
-class JobAdmin(JobActionsMixin, DQModelAdmin):
+class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     list_display = [
         "id",
         "task_path",
@@ -74,13 +85,15 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         "result",
     ]
 
-    def get_changelist(self, request, **kwargs):
+    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[JobChangeList]:
         return JobChangeList
 
-    def jobs_of(self, queryset):
+    def jobs_of(self, queryset: QuerySet[Job]) -> QuerySet[Job]:
         return queryset
 
-    def get_search_results(self, request, queryset, search_term):
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
+    ) -> tuple[QuerySet[Job], bool]:
         """A number finds the job with that id; anything else, jobs whose task path has it."""
         term = search_term.strip()
         if not term:
@@ -89,8 +102,8 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
             return queryset.filter(pk=int(term)), False
         return queryset.filter(task_path__icontains=term), False
 
-    def get_fieldsets(self, request, obj=None):
-        state = ["state", "worker"]
+    def get_fieldsets(self, request: HttpRequest, obj: Job | None = None) -> "_FieldsetSpec":
+        state: list[str | _ListOrTuple[str]] = ["state", "worker"]  # django-stubs' type of "fields"
         if obj is not None and obj.status == Job.Status.RUNNING:
             state.append("claim")
         if obj is not None and obj.status == Job.Status.SCHEDULED:
@@ -126,30 +139,30 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         ]
 
     @admin.display(description="state", ordering="status")
-    def state(self, job):
+    def state(self, job: Job) -> SafeString:
         return state_badge(job.status)
 
     @admin.display(description="arguments")
-    def positional_arguments(self, job):
+    def positional_arguments(self, job: Job) -> SafeString:
         return pretty_json(job.args)
 
     @admin.display(description="keyword arguments")
-    def keyword_arguments(self, job):
+    def keyword_arguments(self, job: Job) -> SafeString:
         return pretty_json(job.kwargs)
 
     @admin.display(description="result")
-    def result(self, job):
+    def result(self, job: Job) -> SafeString | str:
         return pretty_json(job.return_value) if job.status == Job.Status.SUCCESSFUL else "-"
 
     @admin.display(description="attempts")
-    def attempts_made(self, job):
+    def attempts_made(self, job: Job) -> str:
         text = f"{job.attempt_count} of at most {job.max_attempts}"
         if job.interruption_count:
             text += f" ({job.interruption_count} interrupted)"
         return text
 
     @admin.display(description="worker")
-    def worker(self, job):
+    def worker(self, job: Job) -> SafeString | str:
         """The worker running the job now, else the one that ran its last attempt."""
         if job.status == Job.Status.RUNNING:
             claim = self.claim_of(job)
@@ -159,11 +172,11 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
                     return process_link(process.pk, process.name)
                 return f"process {claim.process_id} (gone)"
         if job.attempts:
-            return job.attempts[-1]["worker_id"]
+            return cast(str, job.attempts[-1]["worker_id"])  # JSON: dq writes a string
         return "-"
 
     @admin.display(description="running on")
-    def claim(self, job):
+    def claim(self, job: Job) -> SafeString | str:
         claim = self.claim_of(job)
         if claim is None:
             return "-"
@@ -187,19 +200,19 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         )
 
     @admin.display(description="runs at")
-    def runs_at(self, job):
+    def runs_at(self, job: Job) -> SafeString | str:
         scheduled = ScheduledExecution.objects.using(self.db).filter(job_id=job.pk).first()
         return moment(scheduled.scheduled_at) if scheduled else "-"
 
     @admin.display(description="waiting for")
-    def blocked_on(self, job):
+    def blocked_on(self, job: Job) -> SafeString | str:
         blocked = BlockedExecution.objects.using(self.db).filter(job_id=job.pk).first()
         if blocked is None:
             return "-"
         return format_html("{}, since {}", waiting_for(blocked), moment(blocked.created_at))
 
     @admin.display(description="failure")
-    def failure(self, job):
+    def failure(self, job: Job) -> SafeString | str:
         failed = FailedExecution.objects.using(self.db).filter(job_id=job.pk).first()
         if failed is None:
             return "-"
@@ -211,25 +224,34 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
             failed.traceback,
         )
 
-    def claim_of(self, job):
+    def claim_of(self, job: Job) -> ClaimedExecution | None:
         return ClaimedExecution.objects.using(self.db).filter(job_id=job.pk).first()
 
-    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Job | None = None,
+    ) -> HttpResponse:
         if obj is not None:
             context.update(self.job_page_context(request, obj))
         # The actions are buttons that fit the job's state, not Django's drop-down.
         context["action_form"] = None
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    def job_page_context(self, request, job):
+    def job_page_context(self, request: HttpRequest, job: Job) -> dict[str, object]:
         actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
-        fitting = {
+        fitting_by_status: dict[str, list[str]] = {
             Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
             Job.Status.SCHEDULED: ["run_jobs_now", "cancel_jobs", "discard_jobs"],
             Job.Status.BLOCKED: ["run_jobs_now", "cancel_jobs", "discard_jobs"],
             Job.Status.READY: ["cancel_jobs", "discard_jobs"],
             Job.Status.RUNNING: ["cancel_jobs"],
-        }.get(job.status, [])
+        }
+        fitting = fitting_by_status.get(job.status, [])
         labels = {
             "retry_jobs": "Retry",
             "run_jobs_now": "Run now",
@@ -247,7 +269,7 @@ class JobAdmin(JobActionsMixin, DQModelAdmin):
         }
 
 
-def attempt_rows(job):
+def attempt_rows(job: Job) -> list[dict[str, object]]:
     """The job's ended attempts, oldest first, ready for the page's history table."""
     return [
         {

@@ -1,9 +1,11 @@
 """Processes: kind, host, pid, heartbeat, alive or stale, and what each worker runs now."""
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.safestring import SafeString, mark_safe
 
 from ..models import Process
 from ..stats import RUNNING_SHOWN, is_alive, processes_with_claims, shown_config
@@ -13,7 +15,7 @@ from .filters import HeartbeatFilter
 
 
 @admin.register(Process)
-class ProcessAdmin(DQModelAdmin):
+class ProcessAdmin(DQModelAdmin[Process]):
     list_display = ["name", "kind", "hostname", "pid", "heartbeat", "running", "settings"]
     list_filter = [HeartbeatFilter, "kind", "hostname"]
     search_fields = ["name", "hostname", "=pid"]
@@ -31,16 +33,16 @@ class ProcessAdmin(DQModelAdmin):
     ]
     readonly_fields = ["supervisor_name", "heartbeat", "running", "settings"]
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Process]:
         return processes_with_claims(using=self.db)
 
     @admin.display(description="heartbeat", ordering="last_heartbeat_at")
-    def heartbeat(self, process):
+    def heartbeat(self, process: Process) -> SafeString:
         alive = is_alive(process.last_heartbeat_at, shown_config().alive_threshold, timezone.now())
         return format_html("{} ago {}", age(process.last_heartbeat_at), alive_badge(alive))
 
     @admin.display(description="running now")
-    def running(self, process):
+    def running(self, process: Process) -> SafeString | str:
         claims = process.claims.all()
         if not claims:
             return "-"
@@ -62,7 +64,7 @@ class ProcessAdmin(DQModelAdmin):
         return shown
 
     @admin.display(description="settings")
-    def settings(self, process):
+    def settings(self, process: Process) -> str:
         return (
             "; ".join(
                 f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
@@ -72,7 +74,7 @@ class ProcessAdmin(DQModelAdmin):
         )
 
     @admin.display(description="supervisor")
-    def supervisor_name(self, process):
+    def supervisor_name(self, process: Process) -> str:
         if process.supervisor_id is None:
             return "-"
         supervisor = Process.objects.using(self.db).filter(pk=process.supervisor_id).first()

@@ -2,14 +2,15 @@
 or not, the oldest ready job, jobs ended per minute over the last hour; and processes.
 Pausing and resuming a queue happen here."""
 
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseRedirect
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
@@ -27,12 +28,16 @@ from ..stats import (
 from .base import DQModelAdmin
 from .charts import activity_svg
 
-QUEUE_NAME_MAX_LENGTH = Pause._meta.get_field("queue_name").max_length
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+
+# django-stubs allow None (a CharField may have no max_length); queue_name's is 100.
+QUEUE_NAME_MAX_LENGTH = cast(int, Pause._meta.get_field("queue_name").max_length)
 
 
 @admin.register(Queue)
-class QueueAdmin(DQModelAdmin):
-    def get_urls(self):
+class QueueAdmin(DQModelAdmin[Queue]):
+    def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
             path("", view(self.overview_view), name="dq_queue_changelist"),
@@ -40,7 +45,7 @@ class QueueAdmin(DQModelAdmin):
             path("resume/", view(require_POST(self.resume_view)), name="dq_queue_resume"),
         ]
 
-    def overview_view(self, request):
+    def overview_view(self, request: HttpRequest) -> TemplateResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
@@ -98,7 +103,7 @@ class QueueAdmin(DQModelAdmin):
         }
         return TemplateResponse(request, "admin/dq/queue/overview.html", context)
 
-    def pause_view(self, request):
+    def pause_view(self, request: HttpRequest) -> HttpResponseRedirect:
         queue_name = self.queue_name_from(request)
         if queue_name is None:
             return HttpResponseRedirect(reverse("admin:dq_queue_changelist"))
@@ -111,7 +116,7 @@ class QueueAdmin(DQModelAdmin):
         )
         return HttpResponseRedirect(reverse("admin:dq_queue_changelist"))
 
-    def resume_view(self, request):
+    def resume_view(self, request: HttpRequest) -> HttpResponseRedirect:
         queue_name = self.queue_name_from(request)
         if queue_name is not None:
             pause = Pause.objects.using(self.db).filter(queue_name=queue_name).first()
@@ -123,7 +128,7 @@ class QueueAdmin(DQModelAdmin):
                 self.message_user(request, f"Queue {queue_name} is resumed.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:dq_queue_changelist"))
 
-    def queue_name_from(self, request):
+    def queue_name_from(self, request: HttpRequest) -> str | None:
         if not self.has_pause_permission(request):
             raise PermissionDenied
         name = request.POST.get("queue", "").strip()
@@ -136,9 +141,9 @@ class QueueAdmin(DQModelAdmin):
             return None
         return name
 
-    def log_queue(self, request, pause, action_flag, message):
+    def log_queue(self, request: HttpRequest, pause: Pause, action_flag: int, message: str) -> None:
         LogEntry.objects.log_actions(
-            user_id=request.user.pk,
+            user_id=cast("AbstractBaseUser", request.user).pk,  # admin: logged-in staff
             queryset=[pause],
             action_flag=action_flag,
             change_message=message,

@@ -9,12 +9,13 @@ every column of the job, as the database returned them (the models turn them int
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple
 
 from django.db import DatabaseError, NotSupportedError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from ..queues import QueueSelector
@@ -81,7 +82,7 @@ class Database:
         with transaction.atomic(using=self.alias, savepoint=savepoint):
             yield
 
-    def cursor(self) -> Any:
+    def cursor(self) -> CursorWrapper:
         """The cursor dq runs its own statements with."""
         return self.connection.cursor()
 
@@ -283,10 +284,12 @@ class Database:
     def _datetime(self, value: Any) -> datetime:
         """A datetime column's value as the database driver returned it, as an aware
         datetime (SQLite and MySQL return text or naive values)."""
-        convert = getattr(self.connection.ops, "convert_datetimefield_value", None)
+        convert: Callable[..., datetime] | None = getattr(
+            self.connection.ops, "convert_datetimefield_value", None
+        )
         return convert(value, None, self.connection) if convert else value
 
-    def _jobs(self, cursor: Any, claim_of: dict[int, int]) -> Returned:
+    def _jobs(self, cursor: CursorWrapper, claim_of: dict[int, int]) -> Returned:
         """The jobs of ``claim_of`` (job id -> claim id), each row led by its claim id."""
         job_ids = list(claim_of)
         cursor.execute(f"SELECT * FROM {JOBS} WHERE id IN ({_marks(job_ids)}) ORDER BY id", job_ids)
@@ -294,7 +297,7 @@ class Database:
 
     def _insert_rows(
         self,
-        cursor: Any,
+        cursor: CursorWrapper,
         table: str,
         columns: list[str],
         rows: list[list[Any]],
@@ -333,7 +336,7 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-def led_by_claims(cursor: Any, claim_of: dict[int, int]) -> Returned:
+def led_by_claims(cursor: CursorWrapper, claim_of: dict[int, int]) -> Returned:
     """The rows of a query of whole jobs, each led by the claim id of its job."""
     columns = [column[0] for column in cursor.description]
     at_id = columns.index("id")

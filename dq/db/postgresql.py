@@ -5,12 +5,28 @@ import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from django.db import DatabaseError, connections
+from django.db.backends.utils import CursorWrapper
 
 from ..queues import QueueSelector
 from .base import CLAIMED, JOBS, PAUSES, READY, SCHEDULED, Column, Database, Listener, Returned
+
+if TYPE_CHECKING:
+    import psycopg
+    from django.db.backends.postgresql.base import DatabaseWrapper
+    from psycopg.abc import Params, Query
+
+    class PostgreSQLWrapper(DatabaseWrapper):
+        """Django's wrapper on psycopg 3 (which dq's statements need) with what django-stubs
+        leaves out: its psycopg connection (once connected), and its wrapping of cursors."""
+
+        connection: psycopg.Connection[Any]
+
+        def get_new_connection(self, conn_params: Any) -> psycopg.Connection[Any]: ...
+        def _prepare_cursor(self, cursor: psycopg.Cursor[Any]) -> CursorWrapper: ...
+
 
 CHANNEL = "dq_ready"
 _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes; an empty payload means "any queue".
@@ -87,12 +103,13 @@ class PostgreSQLDatabase(Database):
     polling_interval = 2.0
     notifies = True
 
-    def cursor(self) -> Any:
+    def cursor(self) -> CursorWrapper:
         """A cursor whose statements are prepared, once per connection: planning dq's
         claims, ends and enqueues costs about as much as running them. Unless the project
         turned prepared statements off with ``OPTIONS["prepare_threshold"] = None`` (as
         behind a connection pooler that cannot keep them)."""
-        wrapper = self.connection
+        # database() gives this class the connections of PostgreSQL only.
+        wrapper = cast("PostgreSQLWrapper", self.connection)
         wrapper.ensure_connection()
         options = wrapper.settings_dict["OPTIONS"]
         if "prepare_threshold" in options and options["prepare_threshold"] is None:
@@ -107,14 +124,15 @@ class PostgreSQLDatabase(Database):
     def now(self) -> datetime:
         with self.connection.cursor() as cursor:
             cursor.execute("SELECT CURRENT_TIMESTAMP")
-            return cursor.fetchone()[0]
+            return cast(datetime, cursor.fetchone()[0])  # DB-API rows are untyped
 
     def lock_conflict(self, error: DatabaseError) -> bool:
         return getattr(error.__cause__, "sqlstate", None) in _LOCK_CONFLICTS
 
     def session_id(self) -> int:
         """The server process id of this thread's connection."""
-        return self.connection.connection.info.backend_pid
+        # A connection of PostgreSQL, as in cursor().
+        return cast("PostgreSQLWrapper", self.connection).connection.info.backend_pid
 
     def terminate_session(self, session: int) -> None:
         """Waits up to 5 s for the session to end."""
@@ -241,7 +259,7 @@ def _payload(queues: set[str]) -> str:
 
 
 @functools.cache
-def _preparing_cursor_class() -> type:
+def _preparing_cursor_class() -> "type[psycopg.Cursor[Any]]":
     """Imported on first use: a project on SQLite need not have psycopg installed."""
     from django.db.backends.postgresql.base import ServerBindingCursor
 
@@ -249,17 +267,25 @@ def _preparing_cursor_class() -> type:
         """Binds parameters on the server and prepares each statement it runs: psycopg
         keeps the plan on the connection, so a statement run again is not planned again."""
 
-        def execute(self, query, params=None, *, prepare=True, binary=None):  # type: ignore[no-untyped-def]
-            return super().execute(query, params, prepare=prepare, binary=binary)
+        def execute(
+            self,
+            query: "Query",
+            params: "Params | None" = None,
+            *,
+            prepare: bool | None = True,
+            binary: bool | None = None,
+        ) -> Self:
+            # django-stubs declares ServerBindingCursor without its base, psycopg's Cursor.
+            return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[misc, no-any-return]
 
-    return PreparingCursor
+    return cast("type[psycopg.Cursor[Any]]", PreparingCursor)  # a psycopg Cursor, as above
 
 
 class PostgreSQLListener(Listener):
     """A connection of its own, in autocommit, LISTENing for ready jobs."""
 
     def __init__(self, alias: str) -> None:
-        wrapper = connections[alias]
+        wrapper = cast("PostgreSQLWrapper", connections[alias])  # made by PostgreSQLDatabase only
         self.connection = wrapper.get_new_connection(wrapper.get_connection_params())
         self.connection.autocommit = True
         self.connection.execute(f"LISTEN {CHANNEL}")

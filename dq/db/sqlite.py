@@ -12,13 +12,23 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import DatabaseError, transaction
 
 from ..queues import QueueSelector
 from ..serialization import attempt_record
 from .base import CLAIMED, JOBS, NOTHING, PAUSES, READY, Database, Returned, led_by_claims
+
+if TYPE_CHECKING:
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    class SQLiteWrapper(DatabaseWrapper):
+        """Django's SQLite wrapper with what django-stubs leaves out."""
+
+        # OPTIONS["transaction_mode"], upper-cased, read on connecting: how BEGIN begins.
+        transaction_mode: str | None
+
 
 _LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
@@ -75,7 +85,8 @@ class SQLiteDatabase(Database):
         project's ``transaction_mode``: a transaction that reads and then writes would
         otherwise fail at once with "database is locked" when another writer came first,
         instead of waiting for the lock."""
-        wrapper = self.connection
+        # database() gives this class the connections of SQLite only.
+        wrapper = cast("SQLiteWrapper", self.connection)
         if wrapper.in_atomic_block:
             with transaction.atomic(using=self.alias, savepoint=savepoint):
                 yield

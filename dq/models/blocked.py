@@ -53,8 +53,12 @@ class BlockedExecution(QueuedExecution):
             if blocked is None:
                 return False
             job = Job.objects.using(using).get(pk=blocked.job_id)
+            # Both are set with the key (but the backend lets concurrency_duration be None).
             if not Semaphore.acquire(
-                key, job.concurrency_limit, job.concurrency_duration, using=using
+                key,
+                job.concurrency_limit,  # type: ignore[arg-type]
+                job.concurrency_duration,  # type: ignore[arg-type]
+                using=using,
             ):
                 return False
             blocked.delete(using=using)
@@ -63,7 +67,7 @@ class BlockedExecution(QueuedExecution):
 
     @classmethod
     def run_now_batches(
-        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
+        cls, queryset: "QuerySet[BlockedExecution]", *, batch_size: int = 500, using: str
     ) -> Iterator[list[Job]]:
         """Make the jobs of ``queryset``'s rows ready at once, over their concurrency
         limit: each takes a slot its key does not have (the next releases pay it back).

@@ -1,5 +1,5 @@
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
@@ -12,6 +12,9 @@ from ..queues import QueueSelector
 from ..serialization import describe_interruption
 from .execution import Execution
 from .job import Job
+
+if TYPE_CHECKING:
+    from .process import Process
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class ClaimedExecution(Execution):
         *,
         selector: QueueSelector,
         limit: int,
-        process: Any,
+        process: "Process",
         backend: str,
         using: str,
     ) -> tuple[dict[int, Job | None], list[Job]]:
@@ -156,7 +159,7 @@ class ClaimedExecution(Execution):
     @classmethod
     def interrupt(
         cls,
-        claims: QuerySet,
+        claims: "QuerySet[ClaimedExecution]",
         exception_class: type[BaseException],
         message: str,
         *,

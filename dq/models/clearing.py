@@ -1,9 +1,9 @@
 """How jobs leave the queue before they run or after they ended: discarded, cancelled,
 pruned."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -12,12 +12,19 @@ from ..db import database
 from ..exceptions import TransitionNotAllowed
 from .paging import pk_batches
 
+if TYPE_CHECKING:
+    from .job import ExecutionModel, Job
+
 
 class Clearing:
     """Job's discard, cancel and prune (``Job`` mixes ``Clearing`` in)."""
 
+    # cls and self are the Job this is mixed into; cls as a type parameter J (through a
+    # cls: type[Job] mypy leaves cls.objects a manager of an unbound Self). mypy takes these
+    # self-types, not supertypes of this class, only with an ignore[misc].
+
     @classmethod
-    def discard(cls, job_id: int, *, using: str) -> None:
+    def discard[J: Job](cls: type[J], job_id: int, *, using: str) -> None:  # type: ignore[misc]
         """Delete a job that is ready, scheduled, blocked or failed, with its execution row
         (``discard_batches`` for one job). TransitionNotAllowed, saying why, if it is
         running, finished, or changed state meanwhile."""
@@ -29,9 +36,9 @@ class Clearing:
             raise TransitionNotAllowed(kept[0].why_not_discarded())
 
     @classmethod
-    def discard_batches(
-        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
-    ) -> Iterator[tuple[list[Any], list[Any]]]:
+    def discard_batches[J: Job](  # type: ignore[misc]
+        cls: type[J], queryset: QuerySet[J], *, batch_size: int = 500, using: str
+    ) -> Iterator[tuple[list[J], list[J]]]:
         """Discard the jobs of ``queryset`` that are neither running nor finished (ready,
         scheduled, blocked, failed), ``batch_size`` at a time in primary-key order, one
         transaction per batch.
@@ -40,15 +47,16 @@ class Clearing:
         status loaded), split into those deleted and those kept because they were running,
         finished, or changed state meanwhile.
         """
+        # Each status of EXECUTION_OF_STATUS has its model.
         discardable = [
-            cls.execution_model(status)
+            cast("ExecutionModel", cls.execution_model(status))
             for status in cls.EXECUTION_OF_STATUS
             if status != cls.Status.RUNNING
         ]
         for batch in pk_batches(queryset.using(using), batch_size):
             with database(using).atomic():
                 # Lock the execution rows first, in the order a claim takes its locks.
-                locked = set()
+                locked: set[int] = set()
                 for model in discardable:
                     locked.update(
                         model.objects.using(using)
@@ -70,7 +78,7 @@ class Clearing:
                 [job for job in jobs if job.pk not in locked],
             )
 
-    def why_not_discarded(self) -> str:
+    def why_not_discarded(self: "Job") -> str:  # type: ignore[misc]
         """Why discarding this job left it, by the status it had."""
         if self.status == self.Status.RUNNING:
             return (
@@ -82,7 +90,7 @@ class Clearing:
         return f"Job {self.pk} was not discarded: it changed state meanwhile; reload and try again."
 
     @classmethod
-    def cancel(cls, job_id: int, *, using: str) -> str:
+    def cancel[J: Job](cls: type[J], job_id: int, *, using: str) -> str:  # type: ignore[misc]
         """Cancel a job: one that has not started ends as cancelled; a running one is asked
         to stop (its task sees ``context.cancel_requested``). Returns the job's status
         afterwards; TransitionNotAllowed if it has finished."""
@@ -110,12 +118,12 @@ class Clearing:
         return job.status
 
     @classmethod
-    def prune(
-        cls,
+    def prune[J: Job](  # type: ignore[misc]
+        cls: type[J],
         *,
         backend: str,
         finished_before: datetime,
-        statuses: list[str],
+        statuses: Sequence[str],
         batch_size: int,
         using: str,
     ) -> int:

@@ -3,7 +3,7 @@ many at once in one statement where the database can; a unique job at most once.
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import IntegrityError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -12,15 +12,21 @@ from django.utils import timezone
 
 from ..db import database
 
+if TYPE_CHECKING:
+    from .job import Job
+
 # The fields an insert writes with their SQL types (Enqueueing.inserted_columns), per vendor.
-_INSERTED_COLUMNS: dict[str, list[tuple[Field, str]]] = {}
+_INSERTED_COLUMNS: "dict[str, list[tuple[Field[Any, Any], str]]]" = {}
 
 
 class Enqueueing:
     """Job's enqueue (``Job`` mixes ``Enqueueing`` in)."""
 
+    # cls is the Job this is mixed into, as a type parameter J (through a cls: type[Job] mypy
+    # leaves cls.objects a manager of an unbound Self); mypy takes it only with ignore[misc].
+
     @classmethod
-    def enqueue(cls, jobs: list[Any], *, using: str) -> list[Any]:
+    def enqueue[J: Job](cls: type[J], jobs: list[J], *, using: str) -> list[J]:  # type: ignore[misc]
         """Insert new (unsaved) jobs and their first execution rows, in one transaction.
 
         Jobs due now become ready (or blocked, when their concurrency key has no free
@@ -49,34 +55,36 @@ class Enqueueing:
         return jobs
 
     @classmethod
-    def inserted_columns(cls, connection: BaseDatabaseWrapper) -> list[tuple[Field, str]]:
+    def inserted_columns[J: Job](  # type: ignore[misc]
+        cls: type[J], connection: BaseDatabaseWrapper
+    ) -> "list[tuple[Field[Any, Any], str]]":
         """The fields an insert writes, with their SQL types on ``connection``'s database
         (without a length: a cast to varchar(100) cuts a longer value silently, where the
         column's own check raises)."""
         if connection.vendor not in _INSERTED_COLUMNS:
             _INSERTED_COLUMNS[connection.vendor] = [
-                (field, re.sub(r"\(\d+\)$", "", field.cast_db_type(connection)))
+                # A concrete field has a type (django-stubs: str | None).
+                (field, re.sub(r"\(\d+\)$", "", cast(str, field.cast_db_type(connection))))
                 for field in cls._meta.concrete_fields
                 if not field.primary_key
             ]
         return _INSERTED_COLUMNS[connection.vendor]
 
     @classmethod
-    def insert_placed(cls, jobs: list[Any], now: datetime, using: str) -> None:
+    def insert_placed[J: Job](cls: type[J], jobs: list[J], now: datetime, using: str) -> None:  # type: ignore[misc]
         """Insert jobs that need no slot and no unique key, with their execution rows
         (``Database.insert_jobs``). A column is sent once when every job holds the very
         same value object in it (as jobs built from one task do), else a value per job."""
         connection = connections[using]
         shared, varying = [], []
         for field, sql_type in cls.inserted_columns(connection):
+            column = cast(str, field.column)  # a concrete field has one
             values = [getattr(job, field.attname) for job in jobs]
             if all(value is values[0] for value in values):
-                shared.append(
-                    (field.column, sql_type, field.get_db_prep_save(values[0], connection))
-                )
+                shared.append((column, sql_type, field.get_db_prep_save(values[0], connection)))
             else:
                 prepared = [field.get_db_prep_save(value, connection) for value in values]
-                varying.append((field.column, sql_type, prepared))
+                varying.append((column, sql_type, prepared))
         ready_queues = {job.queue_name for job in jobs if job.status == cls.Status.READY}
         ids = database(using).insert_jobs(
             shared, varying, count=len(jobs), now=now, ready_queues=ready_queues
@@ -86,7 +94,7 @@ class Enqueueing:
             job._state.adding, job._state.db = False, using
 
     @classmethod
-    def _enqueue_unique(cls, job: Any, now: datetime, using: str) -> Any:
+    def _enqueue_unique[J: Job](cls: type[J], job: J, now: datetime, using: str) -> J:  # type: ignore[misc]
         """Insert one job, or return the unfinished job that holds its unique key."""
         status = job.status
         for _ in range(2):

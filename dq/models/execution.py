@@ -1,5 +1,5 @@
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.db import models
 from django.db.models import QuerySet
@@ -16,9 +16,14 @@ class Execution(models.Model):
     class Meta:
         abstract = True
 
+    if TYPE_CHECKING:
+        # Each state model declares its job and has a manager: django-stubs sees neither here.
+        objects: ClassVar[models.Manager[Self]]
+        job: models.OneToOneField[Job, Job]
+
     @classmethod
     def make_ready_batches(
-        cls, queryset: QuerySet, *, batch_size: int, using: str, **changes: Any
+        cls, queryset: QuerySet[Self], *, batch_size: int, using: str, **changes: Any
     ) -> Iterator[list[Job]]:
         """Move the jobs of the rows in ``queryset`` to ready, ``batch_size`` at a time in
         primary-key order, one transaction per batch: lock and delete the rows, then
@@ -48,11 +53,12 @@ class QueuedExecution(Execution):
     class Meta:
         abstract = True
 
+    # cls: type[Self], or mypy takes cls.row_for's rows for other than cls.objects' Self.
     @classmethod
-    def create_for(cls, jobs: list[Job], *, using: str) -> None:
+    def create_for(cls: type[Self], jobs: Sequence[Job], *, using: str) -> None:
         """Create the rows of ``jobs``, which have just entered this state."""
         cls.objects.using(using).bulk_create(cls.row_for(job) for job in jobs)
 
     @classmethod
-    def row_for(cls, job: Job) -> "QueuedExecution":
+    def row_for(cls, job: Job) -> Self:
         return cls(job=job, queue_name=job.queue_name, priority=job.priority)

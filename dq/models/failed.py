@@ -38,7 +38,7 @@ class FailedExecution(Execution):
 
     @classmethod
     def retry_batches(
-        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
+        cls, queryset: "QuerySet[FailedExecution]", *, batch_size: int = 500, using: str
     ) -> Iterator[list[Job]]:
         """Retry the jobs of ``queryset``'s rows, ``batch_size`` at a time in primary-key
         order, one transaction per batch. Yields the jobs retried (task path, queue and

@@ -1,6 +1,6 @@
 import logging
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, cast, overload
 
 from django.db import connections, models
 from django.db.models.base import ModelState
@@ -12,6 +12,18 @@ from ..serialization import attempt_record
 from .clearing import Clearing
 from .enqueueing import Enqueueing
 from .placing import Placing
+
+if TYPE_CHECKING:
+    from .blocked import BlockedExecution
+    from .claimed import ClaimedExecution
+    from .failed import FailedExecution
+    from .ready import ReadyExecution
+    from .scheduled import ScheduledExecution
+
+    # The model of any job's execution row.
+    ExecutionModel = type[
+        ReadyExecution | ScheduledExecution | BlockedExecution | ClaimedExecution | FailedExecution
+    ]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +146,24 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     def __str__(self) -> str:
         return f"{self.task_path} #{self.pk}"
 
+    @overload
+    @classmethod
+    def execution_model(cls, status: Literal[Status.READY]) -> "type[ReadyExecution]": ...
+    @overload
+    @classmethod
+    def execution_model(cls, status: Literal[Status.SCHEDULED]) -> "type[ScheduledExecution]": ...
+    @overload
+    @classmethod
+    def execution_model(cls, status: Literal[Status.BLOCKED]) -> "type[BlockedExecution]": ...
+    @overload
+    @classmethod
+    def execution_model(cls, status: Literal[Status.RUNNING]) -> "type[ClaimedExecution]": ...
+    @overload
+    @classmethod
+    def execution_model(cls, status: Literal[Status.FAILED]) -> "type[FailedExecution]": ...
+    @overload
+    @classmethod
+    def execution_model(cls, status: str) -> "ExecutionModel | None": ...
     @classmethod
     def execution_model(cls, status: str) -> type[models.Model] | None:
         """The model of the execution row a job in ``status`` has (None once it ended),
@@ -161,7 +191,8 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
         connection = connections[using]
         at = {name: n for n, name in enumerate(returned.columns)}
         fields = cls._meta.concrete_fields
-        positions = [at[field.column] for field in fields] if returned.rows else []
+        # A concrete field has a column (django-stubs types Field.column as str | None).
+        positions = [at[cast(str, field.column)] for field in fields] if returned.rows else []
         converters = []
         for n, field in enumerate(fields):
             column = field.get_col(cls._meta.db_table)
@@ -208,13 +239,14 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
             return exponential_backoff(self.failure_count)
         if isinstance(self.backoff, str):
             try:
-                return import_string(self.backoff)(self.failure_count)
+                # The project's function: failures -> seconds.
+                return cast(float, import_string(self.backoff)(self.failure_count))
             except Exception:
                 logger.exception(
                     "Job %s: backoff %s failed; using the default", self.pk, self.backoff
                 )
                 return exponential_backoff(self.failure_count)
-        return self.backoff
+        return cast(float, self.backoff)  # JSON: a number of seconds here
 
     def uniqueness_expired(self, now: datetime) -> bool:
         if self.finished_at is None:

@@ -1,9 +1,9 @@
 from collections.abc import Iterator
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 
-def pk_batches(queryset: QuerySet, batch_size: int) -> Iterator[list[int]]:
+def pk_batches(queryset: QuerySet[Model], batch_size: int) -> Iterator[list[int]]:
     """The primary keys of ``queryset`` in ascending lists of at most ``batch_size``, each read
     by one query that starts after the previous batch: never all in memory at once."""
     keys = queryset.order_by("pk").values_list("pk", flat=True)

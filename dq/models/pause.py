@@ -1,3 +1,5 @@
+from typing import Self
+
 from django.db import models
 
 from ..db import database
@@ -12,16 +14,16 @@ class Pause(models.Model):
     class Meta:
         db_table = "dq_pause"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.queue_name} (paused)"
 
     @classmethod
-    def pause(cls, queue_name, *, using):
+    def pause(cls, queue_name: str, *, using: str) -> Self:
         """Pause a queue (pausing a paused queue changes nothing); returns its Pause row."""
         return cls.objects.using(using).get_or_create(queue_name=queue_name)[0]
 
     @classmethod
-    def resume(cls, queue_name, *, using):
+    def resume(cls, queue_name: str, *, using: str) -> None:
         """Resume a paused queue; idle workers see it at their next poll."""
         cls.objects.using(using).filter(queue_name=queue_name).delete()
         database(using).notify_ready({queue_name})

@@ -3,6 +3,7 @@ import secrets
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Self
 
 from django.db import models
 from django.db.models import Exists, OuterRef
@@ -13,7 +14,7 @@ from ..exceptions import ProcessMissingError, ProcessPrunedError
 from .claimed import ClaimedExecution
 
 
-def process_start_ticks(pid):
+def process_start_ticks(pid: int) -> int | None:
     """When process ``pid`` of this host started, in clock ticks after boot (Linux's
     /proc/PID/stat), or None: no such process, a zombie, or no /proc."""
     try:
@@ -26,7 +27,7 @@ def process_start_ticks(pid):
     return int(fields[19])  # the 22nd field, starttime
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,11 +70,18 @@ class Process(models.Model):
         verbose_name_plural = "processes"
         indexes = [models.Index(fields=["last_heartbeat_at"], name="dq_process_heartbeat")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.name} (pid {self.pid} on {self.hostname})"
 
     @classmethod
-    def register(cls, kind, *, supervisor=None, metadata=None, using):
+    def register(
+        cls,
+        kind: str,
+        *,
+        supervisor: Self | None = None,
+        metadata: dict[str, Any] | None = None,
+        using: str,
+    ) -> Self:
         return cls.objects.using(using).create(
             kind=kind,
             name=f"{kind}-{secrets.token_hex(6)}",
@@ -85,12 +93,12 @@ class Process(models.Model):
             last_heartbeat_at=database(using).now(),
         )
 
-    def heartbeat(self, *, using):
+    def heartbeat(self, *, using: str) -> bool:
         """Record that the process is alive. False if its row is gone (it was pruned)."""
         updated = type(self).objects.using(using).filter(pk=self.pk).update(last_heartbeat_at=Now())
         return updated == 1
 
-    def runs_here(self):
+    def runs_here(self) -> bool:
         """Whether this process is running on this host now: its pid is alive, and is the
         process that registered (not a later one given the same pid)."""
         if self.hostname != socket.gethostname():
@@ -99,7 +107,7 @@ class Process(models.Model):
             return pid_alive(self.pid)
         return process_start_ticks(self.pid) == self.pid_start_ticks
 
-    def deregister(self, exception_class, message, *, using):
+    def deregister(self, exception_class: type[BaseException], message: str, *, using: str) -> None:
         """Interrupt the jobs this process still holds, then delete it."""
         ClaimedExecution.interrupt(
             ClaimedExecution.objects.filter(process_id=self.pk),
@@ -110,7 +118,9 @@ class Process(models.Model):
         type(self).objects.using(using).filter(pk=self.pk).delete()
 
     @classmethod
-    def prune(cls, alive_threshold, *, supervisor=None, using):
+    def prune(
+        cls, alive_threshold: float, *, supervisor: Self | None = None, using: str
+    ) -> list[Self]:
         """Deregister processes of any host whose heartbeat is older than ``alive_threshold``
         seconds, interrupting their jobs; not ``supervisor`` nor its children, which it
         reaps itself, nor a process seen running on this host (its heartbeat is late: the
@@ -129,7 +139,7 @@ class Process(models.Model):
         return pruned
 
     @classmethod
-    def recover_orphaned_claims(cls, *, using):
+    def recover_orphaned_claims(cls, *, using: str) -> int:
         """Interrupt claims whose process row no longer exists. Returns how many."""
         orphaned = ClaimedExecution.objects.filter(
             ~Exists(cls.objects.using(using).filter(pk=OuterRef("process_id")))

@@ -1,3 +1,5 @@
+from collections.abc import Sequence
+
 from django.db import models
 from django.utils import timezone
 
@@ -32,7 +34,7 @@ class ReadyExecution(QueuedExecution):
         return f"job {self.job_id} ready on {self.queue_name}"
 
     @classmethod
-    def create_for(cls, jobs: list[Job], *, using: str) -> None:
+    def create_for(cls, jobs: Sequence[Job], *, using: str) -> None:
         """The jobs' ready rows; idle workers of their queues are woken at commit."""
         super().create_for(jobs, using=using)
         database(using).notify_ready({job.queue_name for job in jobs})

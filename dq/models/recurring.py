@@ -1,4 +1,6 @@
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypedDict
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -6,6 +8,14 @@ from django.db import IntegrityError, models
 
 from ..db import database
 from ..serialization import load_task
+
+
+class TaskChanges(TypedDict, total=False):
+    """What a recurring task changes of its Task (arguments of ``Task.using``)."""
+
+    backend: str
+    queue_name: str
+    priority: int
 
 
 class RecurringTask(models.Model):
@@ -27,24 +37,24 @@ class RecurringTask(models.Model):
     class Meta:
         db_table = "dq_recurring_task"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.key} ({self.schedule})"
 
-    def next_run_at(self, now):
+    def next_run_at(self, now: datetime) -> datetime:
         """The next time the schedule comes due after ``now``, in the task's time zone."""
         return croniter(self.schedule, now.astimezone(ZoneInfo(self.timezone))).get_next(datetime)
 
-    def previous_run_at(self, now):
+    def previous_run_at(self, now: datetime) -> datetime:
         return croniter(self.schedule, now.astimezone(ZoneInfo(self.timezone))).get_prev(datetime)
 
-    def enqueue_run(self, run_at, *, using):
+    def enqueue_run(self, run_at: datetime, *, using: str) -> int | None:
         """Enqueue the run at ``run_at`` unless someone already did; the job id, or None."""
         return RecurringExecution.record(self.key, run_at, self.enqueue_job, using=using)
 
-    def enqueue_job(self):
+    def enqueue_job(self) -> int:
         """Enqueue one run through this task's backend alias; returns the job id."""
         task = load_task(self.task_path)
-        changes = {"backend": self.backend}
+        changes: TaskChanges = {"backend": self.backend}
         if self.queue_name:
             changes["queue_name"] = self.queue_name
         if self.priority is not None:
@@ -69,11 +79,13 @@ class RecurringExecution(models.Model):
             models.UniqueConstraint(fields=["task_key", "run_at"], name="dq_recurring_run_once")
         ]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.task_key} at {self.run_at.isoformat()}"
 
     @classmethod
-    def record(cls, task_key, run_at, enqueue, *, using):
+    def record(
+        cls, task_key: str, run_at: datetime, enqueue: Callable[[], int], *, using: str
+    ) -> int | None:
         """Enqueue the run of ``task_key`` at ``run_at`` unless someone already did.
         ``enqueue()`` returns the job id. Returns it, or None if the run was taken."""
         with database(using).atomic():

@@ -1,5 +1,6 @@
 from collections.abc import Iterator
 from datetime import datetime
+from typing import cast
 
 from django.db import models
 from django.db.models import Min, QuerySet
@@ -31,7 +32,7 @@ class ScheduledExecution(QueuedExecution):
             job=job,
             queue_name=job.queue_name,
             priority=job.priority,
-            scheduled_at=job.scheduled_at,
+            scheduled_at=cast(datetime, job.scheduled_at),  # a scheduled job has its time
         )
 
     @classmethod
@@ -59,7 +60,7 @@ class ScheduledExecution(QueuedExecution):
 
     @classmethod
     def run_now_batches(
-        cls, queryset: QuerySet, *, batch_size: int = 500, using: str
+        cls, queryset: "QuerySet[ScheduledExecution]", *, batch_size: int = 500, using: str
     ) -> Iterator[list[Job]]:
         """Make the jobs of ``queryset``'s rows ready at once, ``batch_size`` at a time in
         primary-key order, one transaction per batch. Yields the jobs made ready (task
@@ -68,4 +69,7 @@ class ScheduledExecution(QueuedExecution):
 
     @classmethod
     def next_due_at(cls, *, using: str) -> datetime | None:
-        return cls.objects.using(using).aggregate(at=Min("scheduled_at"))["at"]
+        # Aggregates are untyped: the earliest scheduled_at, None without rows.
+        return cast(
+            "datetime | None", cls.objects.using(using).aggregate(at=Min("scheduled_at"))["at"]
+        )

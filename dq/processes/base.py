@@ -12,14 +12,18 @@ import os
 import select
 import signal
 import threading
+import types
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django.db import DatabaseError, connections
 
 from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import Process
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ DEREGISTER_ATTEMPTS = 5
 
 def database_retry_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` database errors in a row: 0.5, 1, 2, ... up to 10."""
-    return min(10.0, 0.5 * 2 ** (failures - 1))
+    return min(10.0, 0.5 * 2.0 ** min(failures - 1, 30))  # uncapped, 2.0 ** 1024 overflows
 
 
 class Wakeup:
@@ -62,7 +66,7 @@ class Wakeup:
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the reader anyway
             os.write(self.writer, b"\0")
 
-    def wait(self, timeout: float, *others: Any) -> list[Any]:
+    def wait(self, timeout: float, *others: "FileDescriptorLike") -> list["FileDescriptorLike"]:
         """Block until woken, one of ``others`` is readable, or ``timeout`` seconds pass.
         Returns the readable ``others``."""
         try:
@@ -129,7 +133,7 @@ class Runnable:
             signal.signal(signum, functools.partial(self._stop_on_signal, how))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # blocked across a fork
 
-    def _stop_on_signal(self, how: StopMode, signum: int, frame: object) -> None:
+    def _stop_on_signal(self, how: StopMode, signum: int, frame: types.FrameType | None) -> None:
         self.stop(how)
 
     def retry(self, call: Callable[[], T], doing: str, *, give_up: Callable[[int], bool]) -> T:

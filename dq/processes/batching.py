@@ -1,6 +1,7 @@
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from django.db import DatabaseError
 
@@ -10,15 +11,15 @@ class BatchWriteError(DatabaseError):
 
 
 @dataclass(slots=True)
-class _Entry:
-    item: Any
+class _Entry[Item, Result]:
+    item: Item
     taken: bool = False  # by the thread writing its batch
     done: bool = False
-    result: Any = None
+    result: Result | None = None
     error: BaseException | None = None
 
 
-class GroupCommit:
+class GroupCommit[Item, Result]:
     """Write what several threads hand in at about the same time in one call, as a
     database commits concurrent transactions together.
 
@@ -30,14 +31,14 @@ class GroupCommit:
     before its write is done.
     """
 
-    def __init__(self, write):
+    def __init__(self, write: Callable[[list[Item]], Iterable[Result]]) -> None:
         self._write = write
         self._writing = False
         self._changed = threading.Condition()
-        self._waiting = []
+        self._waiting: list[_Entry[Item, Result]] = []
 
-    def submit(self, item):
-        entry = _Entry(item)
+    def submit(self, item: Item) -> Result:
+        entry: _Entry[Item, Result] = _Entry(item)
         with self._changed:
             self._waiting.append(entry)
             while not entry.taken and self._writing:
@@ -57,10 +58,11 @@ class GroupCommit:
             if wrote:
                 raise entry.error
             raise BatchWriteError(f"The batch this item was written in failed: {entry.error}")
-        return entry.result
+        return cast(Result, entry.result)  # done without an error: set by its batch's write
 
-    def _write_batch(self, batch):
-        results, error = None, None
+    def _write_batch(self, batch: list[_Entry[Item, Result]]) -> None:
+        results: list[Result] = []  # read only once written without an error
+        error: BaseException | None = None
         try:
             results = list(self._write([waiting.item for waiting in batch]))
             if len(results) != len(batch):

@@ -1,9 +1,10 @@
 import time
 from datetime import timedelta
+from typing import Any
 
 from django.utils import timezone
 
-from ..conf import DEFAULT_PRUNE_BATCH_SIZE
+from ..conf import DEFAULT_PRUNE_BATCH_SIZE, Configuration
 from ..models import BlockedExecution, Job, Process, RecurringExecution, ScheduledExecution
 from .base import Role
 
@@ -15,14 +16,14 @@ class Dispatcher(Role):
 
     kind = Process.Kind.DISPATCHER
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: Configuration, **kwargs: int) -> None:
         super().__init__(config, **kwargs)
         self.next_maintenance = 0.0
 
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
         return {"batch_size": self.config.dispatcher.batch_size}
 
-    def poll(self):
+    def poll(self) -> float:
         if time.monotonic() >= self.next_maintenance:
             self.maintain()
             self.next_maintenance = time.monotonic() + self.config.maintenance_interval
@@ -35,7 +36,7 @@ class Dispatcher(Role):
             return interval
         return min(interval, max(0.0, (next_due_at - timezone.now()).total_seconds()))
 
-    def maintain(self):
+    def maintain(self) -> None:
         BlockedExecution.reclaim_expired_slots(using=self.database)
         now = timezone.now()
         if self.config.keep_finished is not None:

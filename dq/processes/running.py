@@ -5,14 +5,14 @@ written (retried on database errors), then announced through Django's signals an
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.tasks import Task, TaskContext, TaskResult, task_backends
-from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.signals import task_finished, task_started
 
 from ..db import database
@@ -20,8 +20,11 @@ from ..exceptions import ExactlyOnceViolation, TransactionRolledBackError
 from ..models import ClaimedExecution, Job
 from ..serialization import describe_error, exception_path, jsonable, load_task
 from .base import Runnable, StopMode, database_retry_delay
+from .batching import GroupCommit
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A thread's connection unused for longer than this is checked before its next job: it may
 # have been cut meanwhile (a database restart, idle_session_timeout, a proxy). Jobs that
@@ -40,8 +43,9 @@ def job_fields(job: Job) -> dict[str, Any]:
     }
 
 
+# django-stubs declares TaskContext neither frozen (Django's is) nor subscriptable at runtime.
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerTaskContext(TaskContext):
+class WorkerTaskContext(TaskContext):  # type: ignore[misc, type-arg]
     """The context a ``takes_context=True`` task receives from dq."""
 
     is_stopping: Callable[[], bool] = field(default=lambda: False, repr=False)
@@ -62,6 +66,18 @@ class WorkerTaskContext(TaskContext):
             .filter(pk=int(self.task_result.id), cancel_requested_at__isnull=False)
             .exists()
         )
+
+
+class ResultBackend(Protocol):
+    """What a worker uses of its jobs' backend, a DQBackend (dq.processes does not import it)."""
+
+    def to_result(
+        self,
+        job: Job,
+        task: "Task[..., Any] | None" = None,
+        *,
+        running_worker_id: str | None = None,
+    ) -> "TaskResult[..., Any]": ...
 
 
 @dataclass
@@ -89,9 +105,9 @@ class Running(Runnable):
     # What the worker keeps: its runs by claim id, each pool thread's own state, the
     # jobs run so far, and the group commit that writes successful ends together.
     runs: dict[int, Run]
-    thread_state: Any
+    thread_state: threading.local
     jobs_done: int
-    finishes: Any
+    finishes: GroupCommit[tuple[Job, bool], tuple[Job | None, Job | None]]
 
     def claims_next(self) -> bool:
         """Whether a thread whose run is ending takes a new job as the end is recorded."""
@@ -137,7 +153,8 @@ class Running(Runnable):
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
             task = load_task(job.task_path)
-            backend = task_backends[job.backend]
+            # A worker claims only jobs of the alias it runs, a DQBackend's.
+            backend = cast(ResultBackend, task_backends[job.backend])
             result = backend.to_result(job, task, running_worker_id=self.name)
             task_started.send(type(backend), task_result=result)
             if job.delivery == Job.Delivery.EXACTLY_ONCE:
@@ -172,8 +189,8 @@ class Running(Runnable):
         self,
         job: Job,
         ended: Job | None,
-        task: Task | None,
-        backend: BaseTaskBackend | None,
+        task: "Task[..., Any] | None",
+        backend: ResultBackend | None,
         failure: BaseException | None,
         duration: float,
     ) -> None:
@@ -218,7 +235,7 @@ class Running(Runnable):
                 "%s: could not announce the end of job %s", self.name, job.pk, extra=fields
             )
 
-    def call(self, job: Job, task: Task, result: TaskResult) -> Any:
+    def call(self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]") -> Any:
         if task.takes_context:
             context = WorkerTaskContext(
                 task_result=result,
@@ -230,7 +247,9 @@ class Running(Runnable):
             value = task.call(*job.args, **job.kwargs)
         return jsonable(value, f"The return value of {job.task_path}")
 
-    def run_exactly_once(self, job: Job, task: Task, result: TaskResult) -> Job | None:
+    def run_exactly_once(
+        self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]"
+    ) -> Job | None:
         """Run the task and record its success in one transaction: a crash, an error or an
         interruption rolls back both, and the job runs again. A database error before
         the task runs (a lock wait at BEGIN) is retried; one that rolls the transaction
@@ -254,7 +273,7 @@ class Running(Runnable):
             raise
 
     def _run_in_one_transaction(
-        self, job: Job, task: Task, result: TaskResult, stage: _Stage
+        self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]", stage: _Stage
     ) -> Job | None:
         stage.began = stage.ran = False
         with database(self.database).atomic():
@@ -282,11 +301,11 @@ class Running(Runnable):
 
     def record_end(
         self,
-        write: Callable[[], Any],
+        write: Callable[[], T],
         *,
         retry: Callable[[DatabaseError], bool] = lambda error: True,
         doing: str = "record a job's end",
-    ) -> Any:
+    ) -> T:
         """Record how a job ended, retrying on database errors (those ``retry`` accepts): a
         job must never stay claimed by a live worker that is no longer running it."""
         failures = 0
@@ -318,7 +337,13 @@ def writes_confined_to(alias: str) -> Iterator[None]:
 
 
 def _refuse_writes(other: str, alias: str) -> Callable[..., Any]:
-    def refuse(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+    def refuse(
+        execute: Callable[[str, Any, bool, dict[str, Any]], Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
         if sql.lstrip().upper().startswith(_WRITES):
             raise ExactlyOnceViolation(
                 f"An exactly_once task wrote to database {other!r}; only its writes to "

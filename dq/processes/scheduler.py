@@ -1,4 +1,5 @@
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,10 +20,10 @@ class Scheduler(Role):
 
     kind = Process.Kind.SCHEDULER
 
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
         return {"recurring": sorted(self.config.recurring)}
 
-    def start(self):
+    def start(self) -> None:
         """Record the configured recurring tasks (and forget removed ones) for the admin."""
         with database(self.database).atomic():
             for key, entry in self.config.recurring.items():
@@ -45,7 +46,7 @@ class Scheduler(Role):
             ).delete()
         self.started_at = timezone.now()
 
-    def poll(self):
+    def poll(self) -> float:
         now = timezone.now()
         delays = [MAX_SLEEP]
         for task in RecurringTask.objects.using(self.database).filter(backend=self.config.backend):

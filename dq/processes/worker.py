@@ -97,6 +97,7 @@ class Worker(Running, Role):
         if self.stopping is not None:  # recycling: claim nothing, not even the job just timed out
             return 0
         assert self.pool is not None
+        assert self.process is not None
         idle = self.pool.idle
         jobs = []
         if idle:
@@ -224,6 +225,7 @@ class Worker(Running, Role):
         and, in the same statement, claim a job for each of their threads that asks for one.
         Items are ``(job, wants_next)``; returns ``(ended job or None, next job or None)``
         for each."""
+        assert self.process is not None
         jobs = [job for job, _ in items]
         wanted = sum(wants for _, wants in items) if self.stopping is None else 0
         ended, claimed = ClaimedExecution.finish_and_claim(
@@ -236,9 +238,9 @@ class Worker(Running, Role):
         )
         for next_job in claimed:  # running here from the moment its claim is committed
             self.track(next_job)
-        claimed = iter(claimed)
+        next_jobs = iter(claimed)
         return [
-            (ended[job.claim_id], next(claimed, None) if wants else None) for job, wants in items
+            (ended[job.claim_id], next(next_jobs, None) if wants else None) for job, wants in items
         ]
 
     def shut_down(self) -> tuple[type[BaseException], str]:

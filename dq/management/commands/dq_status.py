@@ -1,4 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 from django.utils.timesince import timesince
@@ -23,13 +26,13 @@ class Command(BaseCommand):
         "heartbeats."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--backend",
             help=f"TASKS alias (default: {DEFAULT_TASK_BACKEND_ALIAS!r} if it is dq's).",
         )
 
-    def handle(self, *args, backend, **options):
+    def handle(self, *args: object, backend: str | None, **options: object) -> None:
         try:
             config = conf.load(backend or backend_alias())
         except ConfigurationError as error:
@@ -86,7 +89,9 @@ class Command(BaseCommand):
             empty="  no process is running: start one with `manage.py dq_work`",
         )
 
-    def write_table(self, header, rows, *, empty):
+    def write_table(
+        self, header: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str
+    ) -> None:
         if not rows:
             self.stdout.write(empty)
             return
@@ -98,6 +103,6 @@ class Command(BaseCommand):
             )
 
 
-def ago(moment, now):
+def ago(moment: datetime, now: datetime) -> str:
     """How long before ``now``, with plain spaces for a terminal."""
     return timesince(moment, now).replace("\xa0", " ")

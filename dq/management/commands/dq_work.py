@@ -1,7 +1,7 @@
 import logging
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
 from django.tasks.exceptions import InvalidTaskBackend
@@ -15,7 +15,7 @@ from dq.processes.supervisor import Supervisor
 class Command(BaseCommand):
     help = "Run dq: a supervisor that forks workers and a dispatcher for one task backend."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--backend",
             default=DEFAULT_TASK_BACKEND_ALIAS,
@@ -29,7 +29,15 @@ class Command(BaseCommand):
             "like 'mail*' (overrides OPTIONS).",
         )
 
-    def handle(self, *args, backend, processes, threads, queues, **options):
+    def handle(
+        self,
+        *args: object,
+        backend: str,
+        processes: int | None,
+        threads: int | None,
+        queues: str | None,
+        **options: object,
+    ) -> None:
         try:
             backend_instance = task_backends[backend]
         except InvalidTaskBackend as error:
@@ -52,7 +60,7 @@ class Command(BaseCommand):
         self.stdout.flush()
         sys.exit(Supervisor(config).run())
 
-    def banner(self, config):
+    def banner(self, config: conf.Configuration) -> str:
         vendor = connections[config.database].vendor
         scheduler = (
             f"scheduler for {len(config.recurring)} recurring task(s); "
@@ -71,7 +79,7 @@ class Command(BaseCommand):
             f"{config.heartbeat_interval}s, alive threshold {config.alive_threshold}s"
         )
 
-    def configure_logging(self):
+    def configure_logging(self) -> None:
         """Show dq's INFO lines when the project's LOGGING says nothing about them."""
         dq_logger = logging.getLogger("dq")
         if dq_logger.handlers or logging.getLogger().handlers:
