@@ -7,7 +7,6 @@ and reports progress on stderr.
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -34,6 +33,7 @@ from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks import ceiling, tasks  # noqa: E402
+from benchmarks.peers.figures import drain_rates, latency_figures, percentile  # noqa: E402
 from dq.models import ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
 from dq.queues import QueueSelector  # noqa: E402
 
@@ -325,14 +325,9 @@ def finish_times(count, *, after):
 
 def rates(count, began, times):
     """From-start and steady-state rates of ``count`` jobs, from their finish times."""
-    steady_jobs = int(0.8 * count) - int(0.2 * count)
-    return {
-        "jobs": count,
-        "seconds": times["last"] - began,
-        "jobs_per_s": count / (times["last"] - began),
-        "steady_jobs_per_s": steady_jobs / (times["p80"] - times["p20"]),
-        "first_job_after_s": times["first"] - began,
-    }
+    return drain_rates(
+        count, began, first=times["first"], p20=times["p20"], p80=times["p80"], last=times["last"]
+    )
 
 
 # -- the measurements ----------------------------------------------------------------------
@@ -428,25 +423,11 @@ def measure_latency(count):
             started = dict(cursor.fetchall())
     finally:
         work.stop()
-    latencies = sorted(1000 * (started[number] - returned[number]) for number in returned)
-    result = {
-        "jobs": count,
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99),
-        "max_ms": latencies[-1],
-        "min_ms": latencies[0],
-    }
-    say(
-        f"pickup latency: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
-        f"p99 {result['p99_ms']:.1f} ms"
+    result, line = latency_figures(
+        1000 * (started[number] - returned[number]) for number in returned
     )
+    say(line)
     return result
-
-
-def percentile(ordered, p):
-    """Nearest-rank percentile of an ascending list."""
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def job_columns(status, *, finished):
@@ -520,7 +501,8 @@ def insert_jobs(count, *, finished):
             cursor.execute(
                 "INSERT INTO dq_ready_execution "
                 "(job_id, backend, queue_name, priority, created_at) "
-                "SELECT id, backend, queue_name, priority, enqueued_at FROM dq_job WHERE status = %s "
+                "SELECT id, backend, queue_name, priority, enqueued_at FROM dq_job "
+                "WHERE status = %s "
                 "ORDER BY id",
                 [Job.Status.READY],
             )

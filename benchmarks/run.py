@@ -1,10 +1,12 @@
-"""dq's benchmark: ``./dev bench [--quick] [--db sqlite|postgresql|both] [--json PATH]``.
+"""dq's benchmark: ``./dev bench [--quick] [--db sqlite|postgresql|both] [--json PATH]
+[--peers]``.
 
 For each database it creates a scratch database (PostgreSQL: ``dq_bench`` on the server
 at ``$DQ_BENCH_POSTGRES_URL``, default ``postgres://postgres@127.0.0.1:5432/postgres``;
 SQLite: ``.bench/dq_bench.sqlite3``), runs ``benchmarks.measure`` on it in a process of
 its own, then prints one table of both and writes the figures as JSON. docs/benchmarks.md
-explains the method.
+explains the method. With ``--peers``, pgqueuer is measured after dq's PostgreSQL half on
+the same server (``benchmarks.peer``) and its figures go beside dq's.
 """
 
 import argparse
@@ -19,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchmarks import peer
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
 SCRATCH = "dq_bench"
@@ -29,19 +33,19 @@ def postgres_server_url():
     return os.environ.get("DQ_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
-def prepare_postgresql():
-    """Drop and create the scratch database; returns its URL, or raises OSError with why
-    the server cannot be reached."""
+def prepare_postgresql(name=SCRATCH):
+    """Drop and create the scratch database ``name``; returns its URL, or raises OSError
+    with why the server cannot be reached."""
     import psycopg
 
     server = postgres_server_url()
     try:
         with psycopg.connect(server, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
-            admin.execute(f"CREATE DATABASE {SCRATCH}")
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"CREATE DATABASE {name}")
     except psycopg.OperationalError as error:
         raise OSError(" ".join(str(error).split())) from None
-    return urlsplit(server)._replace(path=f"/{SCRATCH}").geturl()
+    return urlsplit(server)._replace(path=f"/{name}").geturl()
 
 
 def prepare_sqlite():
@@ -241,6 +245,8 @@ def header(results):
             f"{name}: {database['version']} ({settings}); took {run['seconds']:.0f} s, "
             f"load {run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}"
         )
+    if pgqueuer := results.get("peers", {}).get("pgqueuer"):
+        lines.extend(peer.header(pgqueuer))
     return lines
 
 
@@ -270,7 +276,15 @@ def main(argv=None):
         metavar="PATH",
         help="measure nothing: print the table of figures written earlier to PATH",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also measure pgqueuer (pinned, in a venv of its own) on the same PostgreSQL "
+        "server after dq's PostgreSQL half, and print dq's figures beside its",
+    )
     options = parser.parse_args(argv)
+    if options.peers and options.db == "sqlite":
+        parser.error("--peers measures pgqueuer on PostgreSQL: use --db postgresql or both")
     if options.show:
         report(json.loads(options.show.read_text()))
         return
@@ -303,6 +317,11 @@ def main(argv=None):
         else:
             url = prepare_sqlite()
         results["databases"][database] = measure(database, url, options.quick)
+        if database == "postgresql" and options.peers:
+            sizes = results["databases"][database]["sizes"]
+            results["peers"] = {"pgqueuer": peer.measure(prepare_postgresql(peer.SCRATCH), sizes)}
+    if options.peers and "peers" not in results:
+        print("\n!! --peers: PostgreSQL was not measured, nor pgqueuer\n", file=sys.stderr)
     results["machine"]["load_after"] = os.getloadavg()
     results["seconds"] = time.monotonic() - began
 
@@ -317,6 +336,9 @@ def report(results):
     print("\n".join(header(results)))
     print()
     print("\n".join(table(results)))
+    if peers := peer.table(results):
+        print()
+        print("\n".join(peers))
 
 
 if __name__ == "__main__":
