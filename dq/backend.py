@@ -8,11 +8,9 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast, overload
 
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS
-from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks import Task, TaskResult
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
@@ -23,8 +21,9 @@ from .conf import (
     exponential_backoff,  # noqa: F401 - part of the public surface
     number_problem,
 )
-from .models import ClaimedExecution, Job
-from .serialization import jsonable, load_task
+from .models import Job
+from .results import backoff_of, result_of
+from .serialization import jsonable
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -311,77 +310,10 @@ class DQBackend(BaseTaskBackend):
         running_worker_id: str | None = None,
     ) -> "TaskResult[..., Any]":
         """The TaskResult of ``job``; ``task`` is imported from the job's path when not given."""
-        task = task_as_enqueued(job, task)
-        worker_ids = job.worker_ids
-        if job.status == Job.Status.RUNNING:
-            if running_worker_id is None:
-                claim = ClaimedExecution.objects.using(self.database).filter(job=job).first()
-                running_worker_id = claim.worker_id if claim else None
-            if running_worker_id is not None:
-                worker_ids.append(running_worker_id)
-        result = TaskResult(
-            task=task,
-            id=str(job.pk),
-            status=STATUS_OF_JOB[job.status],
-            enqueued_at=job.enqueued_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            last_attempted_at=job.last_attempted_at,
-            args=job.args,
-            kwargs=job.kwargs,
-            backend=task.backend,
-            errors=[
-                TaskError(
-                    exception_class_path=error["exception_class_path"],
-                    traceback=error["traceback"],
-                )
-                for error in job.errors
-            ],
-            worker_ids=worker_ids,
-        )
-        object.__setattr__(result, "_return_value", job.return_value)
-        return result
+        return result_of(job, task, database=self.database, running_worker_id=running_worker_id)
 
     def check(self, **kwargs: object) -> "list[CheckMessage]":
         return checks.check_backend(self)
-
-
-@overload
-def task_as_enqueued(job: Job, task: None = None) -> "Task[..., Any]": ...
-@overload
-def task_as_enqueued(job: Job, task: "Task[P, R]") -> "Task[P, R]": ...
-def task_as_enqueued(job: Job, task: "Task[..., Any] | None" = None) -> "Task[..., Any]":
-    """``task`` (imported from the job's path when not given) with what ``job`` was
-    enqueued with: its backend alias, queue, priority, time to run and dq's options.
-    Options a job stores only rendered (concurrency and unique key templates) stay the
-    task's own."""
-    if task is None:
-        task = load_task(job.task_path)
-    enqueued: dict[str, Any] = {  # field values, of each field's type
-        "queue_name": job.queue_name,
-        "priority": job.priority,
-        "run_after": job.scheduled_at,
-        "max_attempts": job.max_attempts,
-        "delivery": job.delivery,
-        "timeout": job.timeout,
-        "on_conflict": job.on_conflict,
-        "unique_for": job.unique_for,
-    }
-    if job.backend in settings.TASKS:  # a job of an alias since removed keeps the task's
-        enqueued["backend"] = job.backend
-    if job.concurrency_key:
-        enqueued["concurrency_limit"] = job.concurrency_limit
-        enqueued["concurrency_duration"] = job.concurrency_duration
-    if job.backoff != backoff_of(task):
-        enqueued["backoff"] = (
-            import_string(job.backoff) if isinstance(job.backoff, str) else job.backoff
-        )
-    changes = {
-        name: value
-        for name, value in enqueued.items()
-        if hasattr(task, name) and getattr(task, name) != value
-    }
-    return replace(task, **changes) if changes else task
 
 
 def is_importable(function: Callable[..., object]) -> bool:
@@ -389,22 +321,3 @@ def is_importable(function: Callable[..., object]) -> bool:
         return import_string(f"{function.__module__}.{function.__qualname__}") is function
     except (ImportError, AttributeError):
         return False
-
-
-def backoff_of(task: "Task[..., Any]") -> float | str | None:
-    """A task's backoff as a job stores it: seconds, a function's dotted path, or None."""
-    backoff: float | Callable[[int], float] | None = getattr(task, "backoff", None)
-    if callable(backoff):
-        return f"{backoff.__module__}.{backoff.__qualname__}"
-    return backoff
-
-
-STATUS_OF_JOB: dict[str, TaskResultStatus] = {
-    Job.Status.READY: TaskResultStatus.READY,
-    Job.Status.SCHEDULED: TaskResultStatus.READY,
-    Job.Status.RUNNING: TaskResultStatus.RUNNING,
-    Job.Status.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
-    Job.Status.FAILED: TaskResultStatus.FAILED,
-    Job.Status.BLOCKED: TaskResultStatus.READY,
-    Job.Status.CANCELLED: TaskResultStatus.FAILED,
-}

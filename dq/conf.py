@@ -23,6 +23,9 @@ from .queues import ALL_QUEUES, QueueSelector
 
 DEFAULT_WORKER_THREADS = 5
 DEFAULT_WORKER_PROCESSES = 1
+# Jobs a worker may claim ahead of its free threads, when it ends jobs fast enough to
+# start them within moments (dq.processes.worker.CLAIM_AHEAD).
+DEFAULT_WORKER_PREFETCH = 100
 DEFAULT_DISPATCHER_BATCH_SIZE = 500
 DEFAULT_DISPATCHER_POLLING_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -52,6 +55,7 @@ class WorkerConfig:
     queues: tuple[str, ...] = (ALL_QUEUES,)
     threads: int = DEFAULT_WORKER_THREADS
     processes: int = DEFAULT_WORKER_PROCESSES
+    prefetch: int = DEFAULT_WORKER_PREFETCH
     # None: the database vendor's default (fast where no notifications exist).
     polling_interval: float | None = None
     # Recycling: exit gracefully (and be replaced) after this many jobs, or above this
@@ -155,7 +159,15 @@ _RECURRING_KEYS = {
     "description",
     "timezone",
 }
-_WORKER_KEYS = {"queues", "threads", "processes", "polling_interval", "max_jobs", "max_memory"}
+_WORKER_KEYS = {
+    "queues",
+    "threads",
+    "processes",
+    "prefetch",
+    "polling_interval",
+    "max_jobs",
+    "max_memory",
+}
 _DISPATCHER_KEYS = {"processes", "batch_size", "polling_interval"}
 
 
@@ -358,6 +370,7 @@ def _parse_recurring(value: object, problems: list[Problem]) -> dict[str, Recurr
 def _check_worker(worker: WorkerConfig, where: str, problems: list[Problem]) -> None:
     _check_positive(worker.threads, f"{where}.threads", problems, integer=True)
     _check_positive(worker.processes, f"{where}.processes", problems, integer=True, zero=True)
+    _check_positive(worker.prefetch, f"{where}.prefetch", problems, integer=True, zero=True)
     if worker.polling_interval is not None:
         _check_positive(worker.polling_interval, f"{where}.polling_interval", problems)
     if worker.max_jobs is not None:

@@ -1,6 +1,7 @@
 """Fixtures shared by the suite: waiting on conditions, and running the real dq_work."""
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -165,17 +166,35 @@ class InProcessWorker:
         )
         self.worker.process = Process.register(Process.Kind.WORKER, using=config.database)
         self.process = self.worker.process
+        # No main loop: a run that waits for its start or end writes it in its own thread.
+        self.worker.writes.write_now = functools.partial(self.worker.flush, claim=False)
 
-    def claim(self, limit=100):
-        from dq.models import ReadyExecution
+    def claim(self, limit=100, *, started=True):
+        """Claim jobs as the worker's main loop does and, with ``started``, record their
+        starts as though threads had taken them (``perform`` runs them)."""
+        from django.utils import timezone
 
-        return ReadyExecution.claim(
+        from dq.models import ClaimedExecution, ReadyExecution
+
+        jobs = ReadyExecution.claim(
             self.worker.queues,
             limit,
             self.process,
             backend=self.worker.config.backend,
             using=self.worker.database,
         )
+        if started and jobs:
+            for job in jobs:
+                job.record_start(timezone.now())
+                job.status = job.Status.RUNNING
+            ClaimedExecution.flush(
+                starts=jobs,
+                ends=[],
+                claim=None,
+                worker_id=self.process.name,
+                using=self.worker.database,
+            )
+        return jobs
 
     def work_off(self, limit=1000):
         """Claim and run ready jobs until none is left; returns the jobs run, in order."""
@@ -184,20 +203,15 @@ class InProcessWorker:
             jobs = self.claim(limit=1)
             if not jobs:
                 return done
-            job = jobs[0]
-            while job is not None:  # and the jobs each end claims for this thread
-                done.append(job)
-                job = self.worker.perform(job)
+            done += self.perform(jobs[0])
         return done
 
     def perform(self, job):
-        """Run a claimed job, then any job its end claimed for this thread, as a pool thread
-        does. Returns the jobs run."""
-        done = []
-        while job is not None:
-            done.append(job)
-            job = self.worker.perform(job)
-        return done
+        """Run a claimed job as a pool thread does, then write its end as the worker's
+        main loop does (claiming nothing). Returns the jobs run."""
+        self.worker.perform(job, 0)
+        self.worker.flush(claim=False)
+        return [job]
 
 
 @pytest.fixture

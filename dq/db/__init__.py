@@ -8,11 +8,11 @@ vendor here.
 
 from django.db import connections
 
-from .base import Database, Listener, Returned
+from .base import Claim, Database, End, Flushed, Listener, Returned
 from .postgresql import PostgreSQLDatabase
 from .sqlite import SQLiteDatabase
 
-__all__ = ["Database", "Listener", "Returned", "database"]
+__all__ = ["Claim", "Database", "End", "Flushed", "Listener", "Returned", "database"]
 
 BY_VENDOR: dict[str, type[Database]] = {
     "postgresql": PostgreSQLDatabase,

@@ -10,6 +10,7 @@ every column of the job, as the database returned them (the models turn them int
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple
 
@@ -33,6 +34,25 @@ PAUSES = "dq_pause"
 Column = tuple[str, str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker claims: up to ``limit`` jobs of backend alias ``backend`` in the queues
+    ``selector`` names, for the process ``process_id``."""
+
+    selector: QueueSelector
+    limit: int
+    backend: str
+    process_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """A successful run to record: what it returned and when it started."""
+
+    return_value: Any
+    started_at: datetime
+
+
 class Returned(NamedTuple):
     """Rows of jobs a statement returned: ``claim_id`` then the job's columns."""
 
@@ -41,6 +61,15 @@ class Returned(NamedTuple):
 
 
 NOTHING = Returned(["claim_id"], [])
+
+
+class Flushed(NamedTuple):
+    """What a worker's ``flush`` wrote: the claim ids whose start and whose end it
+    recorded, and the jobs it claimed."""
+
+    started: set[int]
+    ended: set[int]
+    claimed: Returned
 
 
 class Listener:
@@ -115,26 +144,19 @@ class Database:
 
     # --- the job flow ---------------------------------------------------------------------
 
-    def claim(
-        self,
-        selector: QueueSelector,
-        limit: int,
-        *,
-        backend: str,
-        process_id: int,
-        now: datetime,
-    ) -> Returned:
-        """Claim up to ``limit`` ready jobs of backend alias ``backend`` in the queues
-        ``selector`` names and not paused, highest priority first, for ``process_id``:
-        move each from ready to claimed and start its attempt."""
-        where, params = selector.sql("r.queue_name")
+    def claim(self, claim: Claim, *, now: datetime) -> Returned:
+        """Claim up to ``claim.limit`` ready jobs of backend alias ``claim.backend`` in the
+        queues ``claim.selector`` names and not paused, highest priority first, for process
+        ``claim.process_id``: move each from ready to claimed. Their runs have not started:
+        ``flush`` records a start."""
+        where, params = claim.selector.sql("r.queue_name")
         with self.atomic(savepoint=False), self.cursor() as cursor:
             cursor.execute(
                 f"SELECT r.id, r.job_id FROM {READY} r WHERE r.backend = %s AND {where} "
                 f"AND NOT EXISTS (SELECT 1 FROM {PAUSES} p WHERE p.queue_name = r.queue_name) "
                 f"ORDER BY r.priority DESC, r.job_id "
-                f"{self.connection.ops.limit_offset_sql(0, limit)}{self._skip_locked()}",
-                [backend, *params],
+                f"{self.connection.ops.limit_offset_sql(0, claim.limit)}{self._skip_locked()}",
+                [claim.backend, *params],
             )
             picked = cursor.fetchall()
             if not picked:
@@ -147,36 +169,68 @@ class Database:
             cursor.execute(
                 f"INSERT INTO {CLAIMED} (job_id, process_id, claimed_at) VALUES "
                 + ", ".join(["(%s, %s, %s)"] * len(job_ids)),
-                [value for job_id in job_ids for value in (job_id, process_id, claimed_at)],
+                [value for job_id in job_ids for value in (job_id, claim.process_id, claimed_at)],
             )
             cursor.execute(
                 f"SELECT id, job_id FROM {CLAIMED} WHERE job_id IN ({_marks(job_ids)})", job_ids
             )
             claim_of = {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
-            cursor.execute(
-                f"UPDATE {JOBS} SET status = 'running', attempt_count = attempt_count + 1, "
-                "started_at = COALESCE(started_at, %s), last_attempted_at = %s "
-                f"WHERE id IN ({_marks(job_ids)})",
-                [claimed_at, claimed_at, *job_ids],
-            )
             return self._jobs(cursor, claim_of)
 
-    def finish(self, return_values: dict[int, Any], *, worker_id: str, now: datetime) -> Returned:
-        """Record successful runs: delete their claims and end each job with its attempt
-        (started when claimed) and its return value (``return_values``: claim id -> the
-        value). A job that keeps no unique key once it ended (no ``unique_for``) gives it
-        up. Claims already gone (taken over) match nothing."""
+    def flush(
+        self,
+        *,
+        starts: dict[int, datetime],
+        ends: dict[int, End],
+        claim: Claim | None,
+        worker_id: str,
+        now: datetime,
+    ) -> Flushed:
+        """Write what a worker has to write, in one transaction: the ``starts`` of runs
+        (claim id -> when it started), the ``ends`` of successful runs (claim id -> its
+        ``End``), and a ``claim`` of more jobs. A run's end also records its start when
+        that was not recorded yet. Claims already gone (taken over) match nothing, and are
+        missing from what comes back; a start recorded before counts as recorded."""
+        with self.atomic(savepoint=False):
+            ended = self._end(ends, worker_id=worker_id, now=now) if ends else set()
+            started = self._start(starts) if starts else set()
+            claimed = self.claim(claim, now=now) if claim else NOTHING
+        return Flushed(started, ended, claimed)
+
+    def _start(self, starts: dict[int, datetime]) -> set[int]:
         ops = self.connection.ops
-        with self.atomic(savepoint=False), self.cursor() as cursor:
-            claim_ids = list(return_values)
+        with self.cursor() as cursor:
+            claim_ids = list(starts)
             cursor.execute(
-                f"SELECT id, job_id, claimed_at FROM {CLAIMED} WHERE id IN ({_marks(claim_ids)}) "
+                f"SELECT id, job_id, started_at FROM {CLAIMED} "
+                f"WHERE id IN ({_marks(claim_ids)}) ORDER BY id{self._locking()}",
+                claim_ids,
+            )
+            found = cursor.fetchall()
+            for claim_id, job_id, _ in (row for row in found if row[2] is None):
+                at = ops.adapt_datetimefield_value(starts[claim_id])
+                cursor.execute(
+                    f"UPDATE {CLAIMED} SET started_at = %s WHERE id = %s", [at, claim_id]
+                )
+                cursor.execute(
+                    f"UPDATE {JOBS} SET status = 'running', attempt_count = attempt_count + 1, "
+                    "started_at = COALESCE(started_at, %s), last_attempted_at = %s WHERE id = %s",
+                    [at, at, job_id],
+                )
+        return {claim_id for claim_id, _, _ in found}
+
+    def _end(self, ends: dict[int, End], *, worker_id: str, now: datetime) -> set[int]:
+        ops = self.connection.ops
+        with self.cursor() as cursor:
+            claim_ids = list(ends)
+            cursor.execute(
+                f"SELECT id, job_id, started_at FROM {CLAIMED} WHERE id IN ({_marks(claim_ids)}) "
                 f"ORDER BY id{self._locking()}",
                 claim_ids,
             )
             ended = cursor.fetchall()
             if not ended:
-                return NOTHING
+                return set()
             cursor.execute(
                 f"DELETE FROM {CLAIMED} WHERE id IN ({_marks(ended)})", [row[0] for row in ended]
             )
@@ -186,44 +240,27 @@ class Database:
             )
             attempts = {job_id: _json(value) for job_id, value in cursor.fetchall()}
             when = ops.adapt_datetimefield_value(now)
-            attempt_cases, value_cases = [], []
-            for claim_id, job_id, claimed_at in ended:
-                attempt = attempt_record(worker_id, self._datetime(claimed_at), now)
-                attempt_cases += [job_id, ops.adapt_json_value([*attempts[job_id], attempt], None)]
-                value_cases += [job_id, ops.adapt_json_value(return_values[claim_id], None)]
-            case = " ".join(["WHEN %s THEN %s"] * len(ended))
-            cursor.execute(
-                f"UPDATE {JOBS} SET status = 'successful', finished_at = %s, "
-                f"attempts = CASE id {case} END, return_value = CASE id {case} END, "
-                "unique_key = CASE WHEN unique_for IS NULL THEN NULL ELSE unique_key END "
-                f"WHERE id IN ({_marks(job_ids)})",
-                [when, *attempt_cases, *value_cases, *job_ids],
-            )
-            return self._jobs(cursor, {job_id: claim_id for claim_id, job_id, _ in ended})
-
-    def finish_and_claim(
-        self,
-        return_values: dict[int, Any],
-        selector: QueueSelector,
-        limit: int,
-        *,
-        worker_id: str,
-        backend: str,
-        process_id: int,
-        now: datetime,
-    ) -> Returned:
-        """``finish`` and ``claim`` in one transaction: the ended jobs (with the claim ids
-        given) and the claimed ones (with new claim ids)."""
-        with self.atomic(savepoint=False):
-            finished = self.finish(return_values, worker_id=worker_id, now=now)
-            claimed = self.claim(selector, limit, backend=backend, process_id=process_id, now=now)
-        if not finished.rows:
-            return claimed
-        if not claimed.rows:
-            return finished
-        if finished.columns != claimed.columns:  # pragma: no cover - one table, one order
-            raise DatabaseError("finish and claim returned the job's columns in two orders")
-        return Returned(finished.columns, finished.rows + claimed.rows)
+            for claim_id, job_id, recorded_start in ended:
+                end = ends[claim_id]
+                attempt = attempt_record(worker_id, end.started_at, now)
+                began = ops.adapt_datetimefield_value(end.started_at)
+                cursor.execute(
+                    f"UPDATE {JOBS} SET status = 'successful', finished_at = %s, attempts = %s, "
+                    "return_value = %s, attempt_count = attempt_count + %s, "
+                    "started_at = COALESCE(started_at, %s), last_attempted_at = %s, "
+                    "unique_key = CASE WHEN unique_for IS NULL THEN NULL ELSE unique_key END "
+                    "WHERE id = %s",
+                    [
+                        when,
+                        ops.adapt_json_value([*attempts[job_id], attempt], None),
+                        ops.adapt_json_value(end.return_value, None),
+                        0 if recorded_start is not None else 1,
+                        began,
+                        began,
+                        job_id,
+                    ],
+                )
+        return {claim_id for claim_id, _, _ in ended}
 
     def insert_jobs(
         self,

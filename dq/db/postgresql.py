@@ -1,5 +1,6 @@
-"""PostgreSQL: claims, ends and enqueues in one statement each (SKIP LOCKED), prepared once
-per connection; LISTEN/NOTIFY wakes idle workers; the server's clock."""
+"""PostgreSQL: a worker's claims (SKIP LOCKED), starts and ends in one statement, an
+enqueue in one, each prepared once per connection; LISTEN/NOTIFY wakes idle workers; the
+server's clock."""
 
 import functools
 import json
@@ -10,8 +11,21 @@ from typing import TYPE_CHECKING, Any, Self, cast
 from django.db import DatabaseError, connections
 from django.db.backends.utils import CursorWrapper
 
-from ..queues import QueueSelector
-from .base import CLAIMED, JOBS, PAUSES, READY, SCHEDULED, Column, Database, Listener, Returned
+from .base import (
+    CLAIMED,
+    JOBS,
+    NOTHING,
+    PAUSES,
+    READY,
+    SCHEDULED,
+    Claim,
+    Column,
+    Database,
+    End,
+    Flushed,
+    Listener,
+    Returned,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,12 +47,12 @@ _MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes; an empty payload means 
 # serialization_failure, deadlock_detected, lock_not_available (lock_timeout).
 _LOCK_CONFLICTS = {"40001", "40P01", "55P03"}
 
-# Claiming: pick ready jobs (SKIP LOCKED: never wait for another claim), move each from
-# ready to claimed, and start its attempt. Parameters: backend, the selector's, process_id,
-# now. The limit is part of the text, not a parameter: a prepared statement is planned
-# once, and with an unknown limit PostgreSQL plans for a tenth of the table (hash joins
-# over whole tables) instead of the few rows a claim takes.
-_CLAIM_CTES = f"""
+# Claiming: pick ready jobs (SKIP LOCKED: never wait for another claim) and move each from
+# ready to claimed; its run has not started. Parameters: backend, the selector's,
+# process_id, now. The limit is part of the text, not a parameter: a prepared statement is
+# planned once, and with an unknown limit PostgreSQL plans for a tenth of the table (hash
+# joins over whole tables) instead of the few rows a claim takes.
+_CLAIM = f"""
 picked AS (
     SELECT r.id, r.job_id FROM {READY} r
     WHERE r.backend = %s AND {{where}}
@@ -52,46 +66,66 @@ picked AS (
 ), claimed AS (
     INSERT INTO {CLAIMED} (job_id, process_id, claimed_at)
     SELECT job_id, %s, %s FROM removed
-    RETURNING id, job_id, claimed_at
+    RETURNING id, job_id
 )"""
-_START = f"""
-UPDATE {JOBS} j
-SET status = 'running',
-    attempt_count = j.attempt_count + 1,
-    started_at = COALESCE(j.started_at, claimed.claimed_at),
-    last_attempted_at = claimed.claimed_at
-FROM claimed
-WHERE j.id = claimed.job_id
-RETURNING claimed.id AS claim_id, j.*"""
+_CLAIMED = f"SELECT claimed.id, 'c', j.* FROM claimed JOIN {JOBS} j ON j.id = claimed.job_id"
 
-# Finishing successful runs of one worker: each claim is deleted, and its job records the
-# attempt (started when claimed), its return value and its end; a job that keeps no
-# unique key after it ends (no unique_for) gives it up. Claims already gone (taken over)
-# match nothing. Parameters: claim ids, return values (JSON text, or NULL), now, worker id.
-_FINISH_CTES = f"""
-ended AS (
+# Recording starts: each claim not started yet records when its run started, and its job
+# is running with one attempt more; a start counts as recorded where the claim is there
+# (recorded before, if a reply was lost). Parameters: claim ids, start times.
+_START = f"""
+held AS (
+    SELECT id FROM {CLAIMED} WHERE id = ANY(%s::bigint[])
+), starting AS (
+    UPDATE {CLAIMED} c SET started_at = v.started_at
+    FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(claim_id, started_at)
+    WHERE c.id = v.claim_id AND c.started_at IS NULL
+    RETURNING c.id, c.job_id, c.started_at
+), started AS (
+    UPDATE {JOBS} j
+    SET status = 'running',
+        attempt_count = j.attempt_count + 1,
+        started_at = COALESCE(j.started_at, starting.started_at),
+        last_attempted_at = starting.started_at
+    FROM starting
+    WHERE j.id = starting.job_id
+)"""
+_STARTED = f"SELECT id, 's', (NULL::{JOBS}).* FROM held"
+
+# Recording successful runs: each claim is deleted, and its job records the attempt, its
+# return value and its end (and its start, if that was not recorded); a job that keeps no
+# unique key after it ends (no unique_for) gives it up. Parameters: claim ids, return
+# values (JSON text, or NULL), start times, now, worker id.
+_END = f"""
+ending AS (
     DELETE FROM {CLAIMED} c
-    USING unnest(%s::bigint[], %s::text[]) AS v(claim_id, return_value)
+    USING unnest(%s::bigint[], %s::text[], %s::timestamptz[])
+        AS v(claim_id, return_value, started_at)
     WHERE c.id = v.claim_id
-    RETURNING v.claim_id, v.return_value, c.job_id, c.claimed_at
+    RETURNING v.claim_id, v.return_value, v.started_at, c.job_id,
+        (c.started_at IS NULL)::int AS unrecorded
 ), finish AS (
     SELECT %s::timestamptz AS now, %s::text AS worker_id
+), ended AS (
+    UPDATE {JOBS} j
+    SET status = 'successful',
+        finished_at = finish.now,
+        return_value = ending.return_value::jsonb,
+        attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+            'worker_id', finish.worker_id,
+            'started_at', ending.started_at,
+            'finished_at', finish.now,
+            'error', NULL
+        )),
+        attempt_count = j.attempt_count + ending.unrecorded,
+        started_at = COALESCE(j.started_at, ending.started_at),
+        last_attempted_at = ending.started_at,
+        unique_key = CASE WHEN j.unique_for IS NULL THEN NULL ELSE j.unique_key END
+    FROM ending, finish
+    WHERE j.id = ending.job_id
+    RETURNING ending.claim_id
 )"""
-_END = f"""
-UPDATE {JOBS} j
-SET status = 'successful',
-    finished_at = finish.now,
-    return_value = ended.return_value::jsonb,
-    attempts = j.attempts || jsonb_build_array(jsonb_build_object(
-        'worker_id', finish.worker_id,
-        'started_at', ended.claimed_at,
-        'finished_at', finish.now,
-        'error', NULL
-    )),
-    unique_key = CASE WHEN j.unique_for IS NULL THEN NULL ELSE j.unique_key END
-FROM ended, finish
-WHERE j.id = ended.job_id
-RETURNING ended.claim_id, j.*"""
+_ENDED = f"SELECT claim_id, 'e', (NULL::{JOBS}).* FROM ended"
 
 # A prepare threshold no statement reaches by being run often: only those run with
 # prepare=True are prepared.
@@ -146,44 +180,44 @@ class PostgreSQLDatabase(Database):
     def listen(self) -> Listener:
         return PostgreSQLListener(self.alias)
 
-    def claim(
-        self,
-        selector: QueueSelector,
-        limit: int,
-        *,
-        backend: str,
-        process_id: int,
-        now: datetime,
-    ) -> Returned:
-        sql, params = claim_statement(selector, limit)
-        return self._returning(sql, [backend, *params, process_id, now])
+    def claim(self, claim: Claim, *, now: datetime) -> Returned:
+        return self.flush(starts={}, ends={}, claim=claim, worker_id="", now=now).claimed
 
-    def finish(self, return_values: dict[int, Any], *, worker_id: str, now: datetime) -> Returned:
-        return self._returning(
-            f"WITH {_FINISH_CTES}{_END}", _finish_parameters(return_values, worker_id, now)
-        )
-
-    def finish_and_claim(
+    def flush(
         self,
-        return_values: dict[int, Any],
-        selector: QueueSelector,
-        limit: int,
         *,
+        starts: dict[int, datetime],
+        ends: dict[int, End],
+        claim: Claim | None,
         worker_id: str,
-        backend: str,
-        process_id: int,
         now: datetime,
-    ) -> Returned:
-        where, params = selector.sql("r.queue_name")
-        sql = (
-            f"WITH {_FINISH_CTES}, finished AS ({_END}), "
-            f"{_CLAIM_CTES.format(where=where, limit=limit)}, "
-            f"started AS ({_START})\nSELECT * FROM finished UNION ALL SELECT * FROM started"
-        )
-        return self._returning(
-            sql,
-            [*_finish_parameters(return_values, worker_id, now), backend, *params, process_id, now],
-        )
+    ) -> Flushed:
+        """One statement: the parts with something to do, each a few common table
+        expressions, and one row back per claim started, claim ended and job claimed (the
+        job's columns NULL but for the claimed)."""
+        params: list[Any] = []
+        if ends:
+            as_text = [_json_text(end.return_value) for end in ends.values()]
+            starts_of = [end.started_at for end in ends.values()]
+            params += [list(ends), as_text, starts_of, now, worker_id]
+        if starts:
+            params += [list(starts), list(starts), list(starts.values())]
+        where = None
+        if claim:
+            where, selector_params = claim.selector.sql("r.queue_name")
+            params += [claim.backend, *selector_params, claim.process_id, now]
+        if not params:
+            return Flushed(set(), set(), NOTHING)
+        claiming = (where, claim.limit) if claim and where is not None else None
+        sql = flush_statement(ends=bool(ends), starts=bool(starts), claim=claiming)
+        with self.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            columns = ["claim_id", "part", *(column[0] for column in cursor.description[2:])]
+        started = {row[0] for row in rows if row[1] == "s"}
+        ended = {row[0] for row in rows if row[1] == "e"}
+        claimed = [(row[0], *row[2:]) for row in rows if row[1] == "c"]
+        return Flushed(started, ended, Returned([columns[0], *columns[2:]], claimed))
 
     def insert_jobs(
         self,
@@ -241,16 +275,28 @@ SELECT job.id FROM job {notify} ORDER BY job.id
             return Returned([column[0] for column in cursor.description], cursor.fetchall())
 
 
-def claim_statement(selector: QueueSelector, limit: int) -> tuple[str, list[Any]]:
-    """The claim's statement and its selector's parameters (it takes the backend alias
-    before them, the process id and the time after)."""
-    where, params = selector.sql("r.queue_name")
-    return f"WITH {_CLAIM_CTES.format(where=where, limit=limit)}{_START}", params
+def flush_statement(*, ends: bool, starts: bool, claim: tuple[str, int] | None) -> str:
+    """A flush's statement: its parts (ends, starts, a claim of ``(where, limit)``), each
+    a few common table expressions, and their rows back. Its parameters: the ends' (claim
+    ids, return values, start times, now, worker id), the starts' (claim ids twice, start
+    times), the claim's (backend, the selector's, process id, now), in that order."""
+    parts, selects = [], []
+    if ends:
+        parts.append(_END)
+        selects.append(_ENDED)
+    if starts:
+        parts.append(_START)
+        selects.append(_STARTED)
+    if claim is not None:
+        where, limit = claim
+        parts.append(_CLAIM.format(where=where, limit=limit))
+        selects.append(_CLAIMED)
+    return f"WITH {', '.join(parts)}\n" + "\nUNION ALL ".join(selects)
 
 
-def _finish_parameters(return_values: dict[int, Any], worker_id: str, now: datetime) -> list[Any]:
-    as_text = [None if value is None else json.dumps(value) for value in return_values.values()]
-    return [list(return_values), as_text, now, worker_id]
+def _json_text(value: Any) -> str | None:
+    """A return value as JSON text; None (SQL NULL) for None."""
+    return None if value is None else json.dumps(value)
 
 
 def _payload(queues: set[str]) -> str:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.db import DatabaseError, transaction
 
-from ..queues import QueueSelector
 from ..serialization import attempt_record
-from .base import CLAIMED, JOBS, NOTHING, PAUSES, READY, Database, Returned, led_by_claims
+from .base import CLAIMED, JOBS, NOTHING, PAUSES, READY, Claim, Database, End, Flushed, Returned
 
 if TYPE_CHECKING:
     from django.db.backends.sqlite3.base import DatabaseWrapper
@@ -48,34 +47,53 @@ _INSERT_CLAIMS = f"""
 INSERT INTO {CLAIMED} (job_id, process_id, claimed_at)
 SELECT value, %s, %s FROM json_each(%s)
 RETURNING id, job_id"""
+# Starts and ends as JSON arrays of objects, one per run (SQLite binds no arrays).
+_HELD = f"SELECT id FROM {CLAIMED} WHERE id IN (SELECT value FROM json_each(%s))"
+_START_CLAIMS = f"""
+UPDATE {CLAIMED}
+SET started_at = run.started_at
+FROM (
+    SELECT json_extract(value, '$.claim') AS claim_id,
+           json_extract(value, '$.started_at') AS started_at
+    FROM json_each(%s)
+) AS run
+WHERE {CLAIMED}.id = run.claim_id AND {CLAIMED}.started_at IS NULL
+RETURNING id, job_id, started_at"""
 _START = f"""
 UPDATE {JOBS}
 SET status = 'running',
     attempt_count = attempt_count + 1,
-    started_at = COALESCE(started_at, %s),
-    last_attempted_at = %s
-WHERE id IN (SELECT value FROM json_each(%s))
-RETURNING *"""
+    started_at = COALESCE({JOBS}.started_at, run.started_at),
+    last_attempted_at = run.started_at
+FROM (
+    SELECT json_extract(value, '$[0]') AS job_id, json_extract(value, '$[1]') AS started_at
+    FROM json_each(%s)
+) AS run
+WHERE {JOBS}.id = run.job_id"""
 _END_CLAIMS = f"""
 DELETE FROM {CLAIMED} WHERE id IN (SELECT value FROM json_each(%s))
-RETURNING id, job_id, claimed_at"""
+RETURNING id, job_id, started_at"""
 # Each ended run as a JSON object: its job, the attempt to append, its return value
-# (JSON text, or null).
+# (JSON text, or null), when it started and whether that was recorded.
 _END = f"""
 UPDATE {JOBS}
 SET status = 'successful',
     finished_at = %s,
     return_value = ended.return_value,
     attempts = json_insert({JOBS}.attempts, '$[#]', json(ended.attempt)),
+    attempt_count = attempt_count + ended.unrecorded,
+    started_at = COALESCE({JOBS}.started_at, ended.started_at),
+    last_attempted_at = ended.started_at,
     unique_key = CASE WHEN {JOBS}.unique_for IS NULL THEN NULL ELSE {JOBS}.unique_key END
 FROM (
     SELECT json_extract(value, '$.job') AS job_id,
            json_extract(value, '$.attempt') AS attempt,
-           json_extract(value, '$.return_value') AS return_value
+           json_extract(value, '$.return_value') AS return_value,
+           json_extract(value, '$.started_at') AS started_at,
+           json_extract(value, '$.unrecorded') AS unrecorded
     FROM json_each(%s)
 ) AS ended
-WHERE {JOBS}.id = ended.job_id
-RETURNING *"""
+WHERE {JOBS}.id = ended.job_id"""
 
 
 class SQLiteDatabase(Database):
@@ -109,55 +127,82 @@ class SQLiteDatabase(Database):
             and getattr(cause, "sqlite_errorcode", 0) & 0xFF in _LOCK_CODES
         )
 
-    def claim(
-        self,
-        selector: QueueSelector,
-        limit: int,
-        *,
-        backend: str,
-        process_id: int,
-        now: datetime,
-    ) -> Returned:
-        where, params = selector.sql("r.queue_name")
+    def claim(self, claim: Claim, *, now: datetime) -> Returned:
+        where, params = claim.selector.sql("r.queue_name")
         with self.cursor() as cursor:
             if not self.connection.in_atomic_block:
                 # An empty poll must not queue for the write lock every writer needs.
-                cursor.execute(_ANY_READY.format(where=where), [backend, *params])
+                cursor.execute(_ANY_READY.format(where=where), [claim.backend, *params])
                 if cursor.fetchone() is None:
                     return NOTHING
-            # Inside a transaction (a batch's ends) no savepoint: an error ends it all.
+            # Inside a transaction (a flush) no savepoint: an error ends it all.
             with self.atomic(savepoint=False):
-                cursor.execute(_TAKE_READY.format(where=where, limit=limit), [backend, *params])
+                cursor.execute(
+                    _TAKE_READY.format(where=where, limit=claim.limit), [claim.backend, *params]
+                )
                 taken = [job_id for (job_id,) in cursor.fetchall()]
                 if not taken:
                     return NOTHING
-                job_ids = json.dumps(taken)
                 now_value = self.connection.ops.adapt_datetimefield_value(now)
-                cursor.execute(_INSERT_CLAIMS, [process_id, now_value, job_ids])
-                claim_of = {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
-                cursor.execute(_START, [now_value, now_value, job_ids])
-                return led_by_claims(cursor, claim_of)
+                cursor.execute(_INSERT_CLAIMS, [claim.process_id, now_value, json.dumps(taken)])
+                return self._jobs(
+                    cursor, {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
+                )
 
-    def finish(self, return_values: dict[int, Any], *, worker_id: str, now: datetime) -> Returned:
-        with self.atomic(savepoint=False), self.cursor() as cursor:
-            cursor.execute(_END_CLAIMS, [json.dumps(list(return_values))])
+    def flush(
+        self,
+        *,
+        starts: dict[int, datetime],
+        ends: dict[int, End],
+        claim: Claim | None,
+        worker_id: str,
+        now: datetime,
+    ) -> Flushed:
+        """One hold of the write lock: two statements for the ends, three for the starts,
+        three for the claim."""
+        if not (starts or ends):
+            return Flushed(set(), set(), self.claim(claim, now=now) if claim else NOTHING)
+        return super().flush(starts=starts, ends=ends, claim=claim, worker_id=worker_id, now=now)
+
+    def _start(self, starts: dict[int, datetime]) -> set[int]:
+        adapt = self._datetime_text
+        runs = [{"claim": claim_id, "started_at": adapt(at)} for claim_id, at in starts.items()]
+        with self.cursor() as cursor:
+            cursor.execute(_HELD, [json.dumps(list(starts))])
+            held = {claim_id for (claim_id,) in cursor.fetchall()}
+            cursor.execute(_START_CLAIMS, [json.dumps(runs)])
+            started = cursor.fetchall()
+            if started:
+                jobs = [[job_id, adapt(starts[claim_id])] for claim_id, job_id, _ in started]
+                cursor.execute(_START, [json.dumps(jobs)])
+        return held
+
+    def _end(self, ends: dict[int, End], *, worker_id: str, now: datetime) -> set[int]:
+        adapt = self._datetime_text
+        with self.cursor() as cursor:
+            cursor.execute(_END_CLAIMS, [json.dumps(list(ends))])
             ended = cursor.fetchall()
             if not ended:
-                return NOTHING
+                return set()
             runs = [
                 {
                     "job": job_id,
                     "attempt": json.dumps(
-                        attempt_record(worker_id, self._datetime(claimed_at), now)
+                        attempt_record(worker_id, ends[claim_id].started_at, now)
                     ),
-                    "return_value": _json_text(return_values[claim_id]),
+                    "return_value": _json_text(ends[claim_id].return_value),
+                    "started_at": adapt(ends[claim_id].started_at),
+                    "unrecorded": int(recorded_start is None),
                 }
-                for claim_id, job_id, claimed_at in ended
+                for claim_id, job_id, recorded_start in ended
             ]
-            cursor.execute(
-                _END, [self.connection.ops.adapt_datetimefield_value(now), json.dumps(runs)]
-            )
-            return led_by_claims(cursor, {job_id: claim_id for claim_id, job_id, _ in ended})
+            cursor.execute(_END, [adapt(now), json.dumps(runs)])
+        return {claim_id for claim_id, _, _ in ended}
+
+    def _datetime_text(self, value: datetime) -> str:
+        """A datetime as the text SQLite stores (what its driver's adapter writes), for
+        values sent inside JSON."""
+        return str(self.connection.ops.adapt_datetimefield_value(value))
 
 
 def _json_text(value: Any) -> str | None:

@@ -1,5 +1,7 @@
+import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
@@ -7,20 +9,20 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .. import conf
-from ..db import database
-from ..queues import QueueSelector
+from ..db import Claim, End, database
 from ..serialization import describe_interruption
 from .execution import Execution
 from .job import Job
 
 if TYPE_CHECKING:
-    from .process import Process
+    pass
 
 logger = logging.getLogger(__name__)
 
 
 class ClaimedExecution(Execution):
-    """A job a worker has claimed and is running: the attempt in progress."""
+    """A job a worker has claimed: running, or held in its worker's buffer until a thread
+    is free (``started_at`` None)."""
 
     # The status of the jobs this table holds.
     status = Job.Status.RUNNING
@@ -30,6 +32,9 @@ class ClaimedExecution(Execution):
         "dq.Process", on_delete=models.DO_NOTHING, db_constraint=False, related_name="claims"
     )
     claimed_at = models.DateTimeField()
+    # When its run started, once recorded; None: claimed ahead of a free thread, or started
+    # so recently that the start is not written yet.
+    started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "dq_claimed_execution"
@@ -65,96 +70,85 @@ class ClaimedExecution(Execution):
     # Whoever deletes a claim releases its job's concurrency slot, in the same transaction.
 
     @classmethod
-    def finish(cls, claim_id: int, return_value: Any, *, worker_id: str, using: str) -> Job | None:
-        """Record a successful run. Returns the job, or None if the claim was taken over."""
-        with database(using).atomic():
-            return cls._finish({claim_id: return_value}, worker_id, using)[claim_id]
+    def flush(
+        cls,
+        *,
+        starts: Sequence[Job],
+        ends: Sequence[Job],
+        claim: Claim | None,
+        worker_id: str,
+        using: str,
+    ) -> tuple[set[int], set[int], list[Job]]:
+        """Write a worker's starts and successful ends and claim more jobs for it, in one
+        transaction: one statement on PostgreSQL, one hold of the write lock on SQLite.
+        ``starts`` are claimed jobs whose run began at their ``last_attempted_at``;
+        ``ends`` claimed jobs that ran from their ``last_attempted_at`` and returned their
+        ``return_value``.
 
-    @classmethod
-    def finish_many(cls, jobs: list[Job], *, worker_id: str, using: str) -> dict[int, Job | None]:
-        """Record successful runs of one worker together, in a few statements whatever
-        their number: ``jobs`` are claimed jobs (``claim_id`` set), each with the
-        ``return_value`` of its run.
-
-        Returns ``{claim_id: job}``, the job None where its claim was taken over.
+        Returns the claim ids whose start and whose end were recorded (a claim taken over
+        meanwhile is in neither) and the jobs claimed, by priority then age.
         """
-        return_values = {job.claim_id: job.return_value for job in jobs}
-        if any(job.concurrency_key for job in jobs):
+        now = timezone.now()
+        write = functools.partial(
+            database(using).flush,
+            starts={job.claim_id: job.run_started_at for job in starts},
+            ends={job.claim_id: End(job.return_value, job.run_started_at) for job in ends},
+            claim=claim,
+            worker_id=worker_id,
+            now=now,
+        )
+        keyed = [job for job in ends if job.concurrency_key]
+        if keyed:
             # Giving their slots back is more statements: one transaction for them all.
             with database(using).atomic():
-                return cls._finish(return_values, worker_id, using)
-        return cls._finish(return_values, worker_id, using)
-
-    @classmethod
-    def finish_and_claim(
-        cls,
-        jobs: list[Job],
-        *,
-        selector: QueueSelector,
-        limit: int,
-        process: "Process",
-        backend: str,
-        using: str,
-    ) -> tuple[dict[int, Job | None], list[Job]]:
-        """``finish_many`` for ``process``'s runs ``jobs`` and, in the same transaction, a
-        claim of up to ``limit`` ready jobs of the queues ``selector`` names for the threads
-        those runs free (jobs of backend alias ``backend``): one statement on PostgreSQL;
-        on SQLite one hold of the write lock. Runs that hold concurrency slots are only
-        finished: giving a slot back may release a blocked job, which the worker's loop
-        then claims in priority order.
-
-        Returns ``({claim_id: job}, [claimed jobs])``, as finish_many and claim do.
-        """
-        if not limit or any(job.concurrency_key for job in jobs):
-            return cls.finish_many(jobs, worker_id=process.name, using=using), []
-        return_values = {job.claim_id: job.return_value for job in jobs}
-        returned = database(using).finish_and_claim(
-            return_values,
-            selector,
-            limit,
-            worker_id=process.name,
-            backend=backend,
-            process_id=process.pk,
-            now=timezone.now(),
-        )
-        rows = Job.from_returned(returned, using=using)
-        ended = {job.claim_id: job for job in rows if job.claim_id in return_values}
-        claimed = [job for job in rows if job.claim_id not in return_values]
+                started, ended, returned = write()
+                for job in Job.in_key_order(job for job in keyed if job.claim_id in ended):
+                    job.release_slot(using=using)
+        else:
+            started, ended, returned = write()
+        for job in ends:
+            if job.claim_id in ended:
+                job.record_success(worker_id=worker_id, finished_at=now)
+        claimed = Job.from_returned(returned, using=using)
         claimed.sort(key=lambda job: (-job.priority, job.pk))
-        return {claim_id: ended.get(claim_id) for claim_id in return_values}, claimed
+        return started, ended, claimed
 
     @classmethod
-    def _finish(
-        cls, return_values: dict[int, Any], worker_id: str, using: str
-    ) -> dict[int, Job | None]:
-        returned = database(using).finish(return_values, worker_id=worker_id, now=timezone.now())
-        ended = {job.claim_id: job for job in Job.from_returned(returned, using=using)}
-        for job in Job.in_key_order(ended.values()):
-            job.release_slot(using=using)
-        return {claim_id: ended.get(claim_id) for claim_id in return_values}
-
-    @classmethod
-    def fail(
-        cls, claim_id: int, error: dict[str, str], *, worker_id: str, using: str
-    ) -> Job | None:
-        """Record a run that raised: retry after the job's backoff while attempts remain,
-        else fail the job. Returns the job, or None if the claim was taken over."""
+    def finish(cls, job: Job, *, worker_id: str, using: str) -> bool:
+        """Record a successful run of claimed ``job`` (``flush`` for one end). False if
+        its claim was taken over."""
         with database(using).atomic():
-            claims = cls._relock([claim_id], using)
+            _, ended, _ = cls.flush(
+                starts=[], ends=[job], claim=None, worker_id=worker_id, using=using
+            )
+        return job.claim_id in ended
+
+    @classmethod
+    def fail(cls, job: Job, error: dict[str, str], *, worker_id: str, using: str) -> Job | None:
+        """Record a run of claimed ``job`` (begun at its ``last_attempted_at``) that raised:
+        retry after the job's backoff while attempts remain, else fail the job. Returns the
+        job as recorded, or None if the claim was taken over."""
+        with database(using).atomic():
+            claims = cls._relock([job.claim_id], using)
             if not claims:
                 return None
             claim = claims[0]
-            job, now = claim.job, timezone.now()
-            job.record_attempt(
-                worker_id=worker_id, started_at=claim.claimed_at, finished_at=now, error=error
+            recorded, now = claim.job, timezone.now()
+            if claim.started_at is None:
+                recorded.record_start(job.run_started_at)
+            recorded.record_attempt(
+                worker_id=worker_id,
+                started_at=job.run_started_at,
+                finished_at=now,
+                error=error,
             )
             claim.delete(using=using)
-            job.release_slot(using=using)
-            if job.failure_count < job.max_attempts and job.cancel_requested_at is None:
-                job.schedule_retry(now, job.retry_delay(), using=using)
+            recorded.release_slot(using=using)
+            if recorded.failure_count < recorded.max_attempts and not recorded.cancel_requested_at:
+                recorded.schedule_retry(now, recorded.retry_delay(), using=using)
             else:
-                job.fail(error, now, using=using)
-        return job
+                recorded.fail(error, now, using=using)
+        return recorded
 
     @classmethod
     def interrupt(
@@ -163,14 +157,17 @@ class ClaimedExecution(Execution):
         exception_class: type[BaseException],
         message: str,
         *,
+        running: Collection[int] = (),
         using: str,
     ) -> int:
-        """End attempts that started and will never finish (their process died, was pruned,
-        or outran its shutdown timeout), each as its job's delivery policy says:
-        at_least_once and exactly_once (whose writes were rolled back) run again, up to
-        max_interruptions times; at_most_once fails.
+        """End the claims of runs that will never finish (their process died, was pruned,
+        or outran its shutdown timeout). A run that started (its start recorded, or its
+        claim id in ``running``: what its worker was running when it died) ends as its
+        job's delivery policy says: at_least_once and exactly_once (whose writes were
+        rolled back) run again, up to max_interruptions times; at_most_once fails. A job
+        claimed but not started goes back to ready, as if never claimed.
 
-        Returns the number of claims interrupted.
+        Returns the number of claims ended.
         """
         error = describe_interruption(exception_class, message)
         with database(using).atomic():
@@ -182,16 +179,24 @@ class ClaimedExecution(Execution):
                 .select_related("job")
                 .order_by("pk")
             )
+            unstarted = [
+                claim for claim in locked if claim.started_at is None and claim.pk not in running
+            ]
+            if unstarted:
+                cls.objects.using(using).filter(pk__in=[claim.pk for claim in unstarted]).delete()
+                # Still ready, with the slot it took: back in the ready table.
+                Job.place([claim.job for claim in unstarted], using=using, slots_taken=True)
             now = timezone.now()
+            started = [claim for claim in locked if claim not in unstarted]
             # Each claim gives back its slot and, run again, takes one: in key order.
-            for claim in sorted(locked, key=lambda claim: claim.job.concurrency_key):
+            for claim in sorted(started, key=lambda claim: claim.job.concurrency_key):
                 job = claim.job
+                began = claim.started_at or claim.claimed_at
+                if claim.started_at is None:
+                    job.record_start(began)
                 job.interruption_count += 1
                 job.record_attempt(
-                    worker_id=claim.worker_id,
-                    started_at=claim.claimed_at,
-                    finished_at=now,
-                    error=error,
+                    worker_id=claim.worker_id, started_at=began, finished_at=now, error=error
                 )
                 claim.delete(using=using)
                 job.release_slot(using=using)

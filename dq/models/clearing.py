@@ -87,16 +87,23 @@ class Clearing:
             )
         if self.status in (self.Status.SUCCESSFUL, self.Status.CANCELLED):
             return f"Job {self.pk} was not discarded: it has finished."
+        if self.status == self.Status.READY:
+            return (
+                f"Job {self.pk} was not discarded: a worker has claimed it to run next (or it "
+                "changed state meanwhile); reload and try again."
+            )
         return f"Job {self.pk} was not discarded: it changed state meanwhile; reload and try again."
 
     @classmethod
     def cancel[J: Job](cls: type[J], job_id: int, *, using: str) -> str:  # type: ignore[misc]
-        """Cancel a job: one that has not started ends as cancelled; a running one is asked
-        to stop (its task sees ``context.cancel_requested``). Returns the job's status
-        afterwards; TransitionNotAllowed if it has finished."""
+        """Cancel a job: one that is waiting ends as cancelled; a running one, or one a
+        worker has claimed to run next, is asked to stop (its task sees
+        ``context.cancel_requested``). Returns the job's status afterwards;
+        TransitionNotAllowed if it has finished."""
+        claims = cls.execution_model(cls.Status.RUNNING).objects.using(using)
         with database(using).atomic():
             job = cls.objects.using(using).get(pk=job_id)
-            if job.status == cls.Status.RUNNING:
+            if job.status == cls.Status.RUNNING or claims.filter(job_id=job_id).exists():
                 cls.objects.using(using).filter(pk=job_id).update(
                     cancel_requested_at=timezone.now()
                 )

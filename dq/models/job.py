@@ -131,6 +131,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     # What a job's progress through its states writes.
     PROGRESS_FIELDS: ClassVar[list[str]] = [
         "status",
+        "attempt_count",
+        "started_at",
+        "last_attempted_at",
         "scheduled_at",
         "finished_at",
         "attempts",
@@ -222,6 +225,27 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     @property
     def errors(self) -> list[dict[str, str]]:
         return [attempt["error"] for attempt in self.attempts if attempt["error"]]
+
+    @property
+    def run_started_at(self) -> datetime:
+        """When the run in progress began: its last attempt, set as a worker starts it."""
+        assert self.last_attempted_at is not None, f"job {self.pk} has not started"
+        return self.last_attempted_at
+
+    def record_start(self, started_at: datetime) -> None:
+        """Count a run that began at ``started_at``, as recording its start does."""
+        self.attempt_count += 1
+        self.started_at = self.started_at or started_at
+        self.last_attempted_at = started_at
+
+    def record_success(self, *, worker_id: str, finished_at: datetime) -> None:
+        """End the job as its successful run's end recorded it (the run began at its
+        ``last_attempted_at``)."""
+        self.status, self.finished_at = self.Status.SUCCESSFUL, finished_at
+        self.record_attempt(
+            worker_id=worker_id, started_at=self.last_attempted_at, finished_at=finished_at
+        )
+        self.end_uniqueness()
 
     def record_attempt(
         self,

@@ -1,6 +1,7 @@
 import os
 import secrets
 import socket
+from collections.abc import Collection
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
@@ -107,12 +108,22 @@ class Process(models.Model):
             return pid_alive(self.pid)
         return process_start_ticks(self.pid) == self.pid_start_ticks
 
-    def deregister(self, exception_class: type[BaseException], message: str, *, using: str) -> None:
-        """Interrupt the jobs this process still holds, then delete it."""
+    def deregister(
+        self,
+        exception_class: type[BaseException],
+        message: str,
+        *,
+        running: Collection[int] = (),
+        using: str,
+    ) -> None:
+        """End the claims this process still holds (those of runs that started, its claim
+        ids in ``running`` included, are interrupted; the others go back to ready), then
+        delete it."""
         ClaimedExecution.interrupt(
             ClaimedExecution.objects.filter(process_id=self.pk),
             exception_class,
             message,
+            running=running,
             using=using,
         )
         type(self).objects.using(using).filter(pk=self.pk).delete()

@@ -3,7 +3,7 @@ from collections.abc import Sequence
 from django.db import models
 from django.utils import timezone
 
-from ..db import database
+from ..db import Claim, database
 from ..queues import QueueSelector
 from .execution import QueuedExecution
 from .job import Job
@@ -56,18 +56,14 @@ class ReadyExecution(QueuedExecution):
         """Claim up to ``limit`` jobs of backend alias ``backend`` for ``process``, queue
         selectors in order, each by priority then age.
 
-        Returns the claimed jobs, each with its ``claim_id``; their attempt has started.
+        Returns the claimed jobs, each with its ``claim_id``; their runs have not started.
         """
         jobs: list[Job] = []
         for selector in selectors:
             if len(jobs) >= limit:
                 break
             returned = database(using).claim(
-                selector,
-                limit - len(jobs),
-                backend=backend,
-                process_id=process.pk,
-                now=timezone.now(),
+                Claim(selector, limit - len(jobs), backend, process.pk), now=timezone.now()
             )
             claimed = Job.from_returned(returned, using=using)
             jobs += sorted(claimed, key=lambda job: (-job.priority, job.pk))

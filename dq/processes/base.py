@@ -13,7 +13,7 @@ import select
 import signal
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django.db import DatabaseError, connections
@@ -173,13 +173,19 @@ class Runnable:
         logger.info("%s started (pid %s)", self.name, os.getpid())
         return True
 
-    def deregister(self, exception_class: type[BaseException], message: str) -> None:
-        """Interrupt the jobs this process still holds and delete its row, trying a few
-        times if the database fails it."""
+    def deregister(
+        self, exception_class: type[BaseException], message: str, *, running: Collection[int] = ()
+    ) -> None:
+        """End the claims this process still holds (interrupting those in ``running`` or
+        started) and delete its row, trying a few times if the database fails it."""
         assert self.process is not None
         self.retry(
             functools.partial(
-                self.process.deregister, exception_class, message, using=self.database
+                self.process.deregister,
+                exception_class,
+                message,
+                running=running,
+                using=self.database,
             ),
             f"deregister {self.name}",
             give_up=lambda failures: failures >= DEREGISTER_ATTEMPTS,

@@ -1,43 +1,69 @@
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+"""A worker's threads and the buffer of claimed jobs they take their next job from."""
 
-if TYPE_CHECKING:
-    from ..models import Job
+import collections
+import threading
+from collections.abc import Callable, Iterable
+
+from ..models import Job
+
+
+class Buffer:
+    """Claimed jobs waiting for a free thread, oldest claim first within a priority (the
+    order the claim returned them). ``take`` blocks until a job or the buffer's closing;
+    below ``low`` jobs it calls ``on_low`` (the main loop claims more)."""
+
+    def __init__(self, *, low: int, on_low: Callable[[], None]) -> None:
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self.low = low
+        self._on_low = on_low
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, jobs: Iterable[Job]) -> None:
+        with self._changed:
+            self._jobs.extend(jobs)
+            self._changed.notify_all()
+
+    def take(self) -> Job | None:
+        """The next job, or None once the buffer is closed."""
+        with self._changed:
+            while not self._jobs and not self._closed:
+                self._changed.wait()
+            if self._closed:
+                return None
+            job = self._jobs.popleft()
+            low = len(self._jobs) < self.low
+        if low:
+            self._on_low()
+        return job
+
+    def close(self) -> list[Job]:
+        """Stop handing out jobs; returns those no thread took."""
+        with self._changed:
+            self._closed = True
+            left, self._jobs = list(self._jobs), collections.deque()
+            self._changed.notify_all()
+        return left
 
 
 class Pool:
-    """A fixed set of threads that run claimed jobs; knows how many are idle."""
+    """A fixed set of threads, each known by its slot number, that run the jobs they take
+    from a buffer until it closes."""
 
-    def __init__(self, threads: int, *, on_idle: Callable[[], None]) -> None:
+    def __init__(self, threads: int, buffer: Buffer, run: Callable[[Job, int], None]) -> None:
         self.size = threads
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dq-job")
-        self._busy = 0
-        self._lock = threading.Lock()
-        self._on_idle = on_idle
+        self._buffer = buffer
+        self._run = run
+        self._threads = [
+            threading.Thread(target=self._serve, args=(slot,), name=f"dq-job-{slot}", daemon=True)
+            for slot in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    @property
-    def idle(self) -> int:
-        with self._lock:
-            return self.size - self._busy
-
-    def submit(self, run: Callable[["Job"], "Job | None"], job: "Job") -> None:
-        with self._lock:
-            if self._busy >= self.size:
-                raise RuntimeError("No idle thread: claim at most Pool.idle jobs.")
-            self._busy += 1
-        self._executor.submit(self._run, run, job)
-
-    def _run(self, run: Callable[["Job"], "Job | None"], job: "Job | None") -> None:
-        try:
-            while job is not None:  # run(job) returns the job this thread runs next, if any
-                job = run(job)
-        finally:
-            with self._lock:
-                self._busy -= 1
-            self._on_idle()
-
-    def shutdown(self) -> None:
-        """Stop accepting work; running jobs carry on until the process exits."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def _serve(self, slot: int) -> None:
+        while (job := self._buffer.take()) is not None:
+            self._run(job, slot)

@@ -5,26 +5,27 @@ written (retried on database errors), then announced through Django's signals an
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.tasks import Task, TaskContext, TaskResult, task_backends
+from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
 
 from ..db import database
 from ..exceptions import ExactlyOnceViolation, TransactionRolledBackError
 from ..models import ClaimedExecution, Job
+from ..results import record_outcome, result_of
 from ..serialization import describe_error, exception_path, jsonable, load_task
 from .base import Runnable, StopMode, database_retry_delay
-from .batching import GroupCommit
+from .batching import WriteAbandoned, Writes
+from .board import RunBoard
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # A thread's connection unused for longer than this is checked before its next job: it may
 # have been cut meanwhile (a database restart, idle_session_timeout, a proxy). Jobs that
@@ -68,18 +69,6 @@ class WorkerTaskContext(TaskContext):  # type: ignore[misc, type-arg]
         )
 
 
-class ResultBackend(Protocol):
-    """What a worker uses of its jobs' backend, a DQBackend (dq.processes does not import it)."""
-
-    def to_result(
-        self,
-        job: Job,
-        task: "Task[..., Any] | None" = None,
-        *,
-        running_worker_id: str | None = None,
-    ) -> "TaskResult[..., Any]": ...
-
-
 @dataclass
 class _Stage:
     """How far an exactly_once run's transaction got: begun (its claim held), and the
@@ -89,116 +78,153 @@ class _Stage:
     ran: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
-    """A job running in one of the pool's threads."""
+    """A job this worker claimed, from its claim until its end is written: waiting in the
+    buffer, then running in one of the pool's threads."""
 
     job: Job
-    deadline: float | None  # time.monotonic() past which it has outrun its timeout
+    running: bool = False  # taken by a thread (and, but for at_least_once, its start written)
+    deadline: float | None = None  # time.monotonic() past which it has outrun its timeout
     backend_pid: int | None = None  # the database session of an exactly_once run
     timed_out: bool = False
+    # Its one TaskResult, and what announcing its end needs.
+    result: "TaskResult[..., Any] | None" = None
+    task: "Task[..., Any] | None" = None
+    backend: BaseTaskBackend | None = None
+    began: float = 0.0  # time.monotonic() when it started
 
 
 class Running(Runnable):
     """A worker's way of running jobs (``Worker`` mixes it in)."""
 
-    # What the worker keeps: its runs by claim id, each pool thread's own state, the
-    # jobs run so far, and the group commit that writes successful ends together.
+    # What the worker keeps: its runs by claim id, the board its supervisor reads, the
+    # writes its threads hand its main loop, and the jobs run so far.
     runs: dict[int, Run]
-    thread_state: threading.local
-    jobs_done: int
-    finishes: GroupCommit[tuple[Job, bool], tuple[Job | None, Job | None]]
+    board: RunBoard
+    writes: Writes
+    jobs_started: int
+    # Per pool thread (by slot): database_errors when it last ran a job, and when that was.
+    connection_errors: dict[int, int]
+    connection_used: dict[int, float]
 
-    def claims_next(self) -> bool:
-        """Whether a thread whose run is ending takes a new job as the end is recorded."""
-        raise NotImplementedError
-
-    def check_recycling(self) -> None:
-        """Recycle the worker once it is past a limit (after a job's end)."""
-        raise NotImplementedError
-
-    def perform(self, job: Job) -> Job | None:
-        """Run one claimed job in a pool thread and record how it ended. Returns the job
-        this thread runs next, claimed (and tracked) in the statement that recorded this
-        one's end, or None."""
-        state = self.thread_state
+    def perform(self, job: Job, slot: int) -> None:
+        """Run one claimed job in pool thread ``slot`` and record how it ended: an
+        at_least_once run's end is handed to the main loop (which writes and announces it),
+        the others' are written before the thread goes on."""
         connection = connections[self.database]
+        last_used = self.connection_used.get(slot, 0.0)
         suspect = (
-            getattr(state, "database_errors", 0) != self.database_errors
-            or time.monotonic() - getattr(state, "last_used", 0.0) > CHECK_CONNECTION_AFTER
+            self.connection_errors.get(slot, 0) != self.database_errors
+            or time.monotonic() - last_used > CHECK_CONNECTION_AFTER
         )
         if suspect and connection.connection is not None and not connection.is_usable():
             connection.close()
-        state.database_errors = self.database_errors
-        next_job = None
+        self.connection_errors[slot] = self.database_errors
+        run = self.runs.setdefault(job.claim_id, Run(job))
+        self.jobs_started += 1
         try:
-            next_job = self._perform(job)
+            self._perform(job, run, slot)
         except Exception:
             logger.exception(
                 "%s: could not record the end of job %s", self.name, job.pk, extra=job_fields(job)
             )
-        finally:
             self.runs.pop(job.claim_id, None)
+        finally:
+            self.board.idle(slot)
             connection = connections[self.database]
             if connection.errors_occurred and not connection.is_usable():
                 connection.close()
-            state.last_used = time.monotonic()
-            self.jobs_done += 1
-            self.check_recycling()
-        return next_job
+            self.connection_used[slot] = time.monotonic()
 
-    def _perform(self, job: Job) -> Job | None:
+    def _perform(self, job: Job, run: Run, slot: int) -> None:
         task = backend = None
-        started = time.monotonic()
+        run.began = time.monotonic()
+        if job.timeout:
+            run.deadline = run.began + job.timeout
+        at_least_once = job.delivery == Job.Delivery.AT_LEAST_ONCE
+        if at_least_once:
+            # Its start is written later with its end, or once it has run a while; if this
+            # process dies first, its supervisor reads the board.
+            self.board.running(slot, job.claim_id)
+            run.running = True
+        # (A job claimed by a worker driven in-process may have its start recorded.)
+        if job.status != Job.Status.RUNNING:
+            job.record_start(timezone.now())
+            job.status = Job.Status.RUNNING
+            try:
+                if not self.writes.start(job, wait=not at_least_once):
+                    self.runs.pop(job.claim_id, None)
+                    self.announce(job, None, run, None)
+                    return
+            except WriteAbandoned:  # never started: it goes back to ready
+                return
+        if not at_least_once:
+            self.board.running(slot, job.claim_id)
+            run.running = True
+        exactly_once = job.delivery == Job.Delivery.EXACTLY_ONCE
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
             task = load_task(job.task_path)
-            # A worker claims only jobs of the alias it runs, a DQBackend's.
-            backend = cast(ResultBackend, task_backends[job.backend])
-            result = backend.to_result(job, task, running_worker_id=self.name)
+            backend = task_backends[job.backend]
+            result = result_of(job, task, database=self.database, running_worker_id=self.name)
+            run.result, run.task, run.backend = result, task, backend
             task_started.send(type(backend), task_result=result)
-            if job.delivery == Job.Delivery.EXACTLY_ONCE:
-                ended, next_job = self.run_exactly_once(job, task, result), None
+            if exactly_once:
+                ended = self.run_exactly_once(job, task, result)
             else:
                 job.return_value = self.call(job, task, result)
-                ended, next_job = self.record_end(
-                    functools.partial(self.finishes.submit, (job, self.claims_next()))
-                )
         except BaseException as error:  # a task's SystemExit must not stop the worker
             if isinstance(error, TransactionRolledBackError):
                 end = functools.partial(self.interrupt_run, job, error)
             else:
                 end = functools.partial(
                     ClaimedExecution.fail,
-                    job.claim_id,
+                    job,
                     describe_error(error),
                     worker_id=self.name,
                     using=self.database,
                 )
-            ended = self.record_end(end)
+            recorded = self.record_end(end)
+            self.runs.pop(job.claim_id, None)
             # Announced while the error is handled: a receiver of task_finished that logs
             # (Django's own) logs its traceback.
-            self.announce(job, ended, task, backend, error, time.monotonic() - started)
-            return None
-        # The end is committed, and so is the claim of next_job: whatever the announcing
-        # does, next_job is returned to run.
-        self.announce(job, ended, task, backend, None, time.monotonic() - started)
-        return next_job
+            self.announce(job, recorded, run, error)
+            return
+        if at_least_once:
+            self.writes.end(job, wait=False)  # the main loop writes and announces it
+            return
+        if not exactly_once:
+            try:
+                ended = self.writes.end(job, wait=True)
+            except WriteAbandoned:
+                logger.warning(
+                    "%s: stopped before the end of job %s could be written",
+                    self.name,
+                    job.pk,
+                    extra=job_fields(job),
+                )
+                return
+        self.runs.pop(job.claim_id, None)
+        self.announce(job, job if ended else None, run, None)
+
+    def announce_end(self, job: Job, recorded: bool) -> None:
+        """Announce the end of an at_least_once run, written by the main loop."""
+        run = self.runs.get(job.claim_id)
+        if run is not None:
+            self.announce(job, job if recorded else None, run, None)
 
     def announce(
-        self,
-        job: Job,
-        ended: Job | None,
-        task: "Task[..., Any] | None",
-        backend: ResultBackend | None,
-        failure: BaseException | None,
-        duration: float,
+        self, job: Job, recorded: Job | None, run: Run | None, failure: BaseException | None
     ) -> None:
-        """Signal and log how a job's run ended, once its end is recorded; called while
+        """Signal and log how a job's run ended, once its end is recorded (``recorded``:
+        the job as its end left it; None if its claim was taken over); called while
         ``failure``, if any, is being handled."""
+        duration = time.monotonic() - run.began if run else 0.0
         fields = {**job_fields(job), "duration": duration}
+        backend = run.backend if run else None
         try:
-            if ended is None:
+            if recorded is None:
                 logger.warning(
                     "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
                     self.name,
@@ -206,27 +232,30 @@ class Running(Runnable):
                     duration,
                     extra=fields,
                 )
-            elif failure is not None and ended.status != ended.Status.FAILED:
+            elif failure is not None and recorded.status != recorded.Status.FAILED:
                 logger.warning(
                     "%s: job %s (%s) attempt %s raised %s: %s; retrying at %s",
                     self.name,
                     job.pk,
                     job.task_path,
-                    ended.attempt_count,
+                    recorded.attempt_count,
                     exception_path(type(failure)),
                     failure,
-                    ended.scheduled_at if ended.status == ended.Status.SCHEDULED else "once",
+                    recorded.scheduled_at
+                    if recorded.status == recorded.Status.SCHEDULED
+                    else "once",
                     extra=fields,
                 )
-            elif backend is not None:
-                task_finished.send(type(backend), task_result=backend.to_result(ended, task))
+            elif backend is not None and run is not None and run.result is not None:
+                record_outcome(run.result, recorded)
+                task_finished.send(type(backend), task_result=run.result)
             else:
                 logger.error(
                     "%s: job %s (%s) failed: %s",
                     self.name,
                     job.pk,
                     job.task_path,
-                    ended.errors[-1]["message"],
+                    recorded.errors[-1]["message"],
                     exc_info=failure,
                     extra=fields,
                 )
@@ -249,15 +278,16 @@ class Running(Runnable):
 
     def run_exactly_once(
         self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]"
-    ) -> Job | None:
+    ) -> bool:
         """Run the task and record its success in one transaction: a crash, an error or an
         interruption rolls back both, and the job runs again. A database error before
         the task runs (a lock wait at BEGIN) is retried; one that rolls the transaction
         back after it began running (a lock timeout, a deadlock, a failed commit) is
-        raised as TransactionRolledBackError, an interruption."""
+        raised as TransactionRolledBackError, an interruption. False if the claim was
+        taken over."""
         stage = _Stage()
         try:
-            return self.record_end(
+            ended: bool = self.record_end(
                 functools.partial(self._run_in_one_transaction, job, task, result, stage),
                 retry=lambda error: not stage.began,  # nothing of the task ran: again
                 doing=f"begin job {job.pk}'s transaction",
@@ -271,41 +301,43 @@ class Running(Runnable):
                     f"{exception_path(type(error))}: {error}"
                 ) from error
             raise
+        return ended
 
     def _run_in_one_transaction(
         self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]", stage: _Stage
-    ) -> Job | None:
+    ) -> bool:
         stage.began = stage.ran = False
         with database(self.database).atomic():
             if not ClaimedExecution.hold(job.claim_id, using=self.database):
-                return None
+                return False
             stage.began = True
             run = self.runs.get(job.claim_id)
             if run is not None:
                 run.backend_pid = database(self.database).session_id()
             with writes_confined_to(self.database):
-                value = self.call(job, task, result)
+                job.return_value = self.call(job, task, result)
             stage.ran = True
-            return ClaimedExecution.finish(
-                job.claim_id, value, worker_id=self.name, using=self.database
-            )
+            return ClaimedExecution.finish(job, worker_id=self.name, using=self.database)
 
     def interrupt_run(self, job: Job, error: TransactionRolledBackError) -> Job | None:
         """Record a run whose transaction was rolled back as an interruption: the job runs
         again, as its delivery policy says. Returns the job, or None if its claim was
         taken over."""
         claim = ClaimedExecution.objects.filter(pk=job.claim_id)
-        if not ClaimedExecution.interrupt(claim, type(error), str(error), using=self.database):
+        interrupted = ClaimedExecution.interrupt(
+            claim, type(error), str(error), running={job.claim_id}, using=self.database
+        )
+        if not interrupted:
             return None
         return Job.objects.using(self.database).get(pk=job.pk)
 
     def record_end(
         self,
-        write: Callable[[], T],
+        write: Callable[[], Any],
         *,
         retry: Callable[[DatabaseError], bool] = lambda error: True,
         doing: str = "record a job's end",
-    ) -> T:
+    ) -> Any:
         """Record how a job ended, retrying on database errors (those ``retry`` accepts): a
         job must never stay claimed by a live worker that is no longer running it."""
         failures = 0
@@ -337,13 +369,7 @@ def writes_confined_to(alias: str) -> Iterator[None]:
 
 
 def _refuse_writes(other: str, alias: str) -> Callable[..., Any]:
-    def refuse(
-        execute: Callable[[str, Any, bool, dict[str, Any]], Any],
-        sql: str,
-        params: Any,
-        many: bool,
-        context: dict[str, Any],
-    ) -> Any:
+    def refuse(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
         if sql.lstrip().upper().startswith(_WRITES):
             raise ExactlyOnceViolation(
                 f"An exactly_once task wrote to database {other!r}; only its writes to "

@@ -20,6 +20,7 @@ from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import Process
 from .base import HANDLED_SIGNALS, Role, Runnable, StopMode, database_retry_delay
+from .board import RunBoard
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .worker import Worker
@@ -33,7 +34,8 @@ KILL_GRACE = 5.0
 @dataclass
 class Child:
     description: str
-    build: Callable[..., Role]  # (supervisor_pid=, supervisor_id=) -> Role
+    build: Callable[..., Role]  # (supervisor_pid=, supervisor_id=, [board=]) -> Role
+    threads: int = 0  # a worker's: it gets a board of that many slots
 
 
 def describe_exit(status: int) -> str:
@@ -50,9 +52,11 @@ class Supervisor(Runnable):
         self.children: dict[int, Child] = {}  # pid -> Child
         # No pruning before this time.monotonic(); None: once the database answers again.
         self.prune_not_before: float | None = 0.0
-        # Dead children whose jobs could not be recovered yet (pid -> message): it leaves its
-        # own children out of pruning, so it must retry them itself.
-        self.unrecovered: dict[int, str] = {}
+        # Dead children whose jobs could not be recovered yet (pid -> message, and the
+        # claims the child was running): it leaves its own children out of pruning, so it
+        # must retry them itself.
+        self.unrecovered: dict[int, tuple[str, set[int]]] = {}
+        self.boards: dict[int, RunBoard] = {}  # a worker's pid -> what it runs
 
     def metadata(self) -> dict[str, Any]:
         return {"children": [child.description for child in self.plan()]}
@@ -67,6 +71,7 @@ class Supervisor(Runnable):
                         f"worker ({worker_config.threads} threads, "
                         f"queues {','.join(worker_config.queues)})",
                         partial(Worker, self.config, worker_config),
+                        threads=worker_config.threads,
                     )
                 )
         for _ in range(self.config.dispatcher.processes):
@@ -118,20 +123,24 @@ class Supervisor(Runnable):
         connections.close_all()  # a forked child must never share the parent's sockets
         # Signals wait until the child has its own handlers (it unblocks them then).
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        board = RunBoard(child.threads) if child.threads else None
         pid = os.fork()
         if pid == 0:
-            os._exit(self._run_child(child))
+            os._exit(self._run_child(child, board))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.children[pid] = child
+        if board is not None:
+            self.boards[pid] = board
         logger.info("%s forked %s as pid %s", self.name, child.description, pid)
 
-    def _run_child(self, child: Child) -> int:
+    def _run_child(self, child: Child, board: RunBoard | None) -> int:
         status = 1
         try:
             signal.set_wakeup_fd(-1)
             self.wakeup.close()
             assert self.process is not None
-            role = child.build(supervisor_pid=os.getppid(), supervisor_id=self.process.pk)
+            extra = {"board": board} if board is not None else {}
+            role = child.build(supervisor_pid=os.getppid(), supervisor_id=self.process.pk, **extra)
             status = role.run()
         except BaseException:
             logger.exception("dq %s (pid %s) crashed", child.description, os.getpid())
@@ -153,19 +162,32 @@ class Supervisor(Runnable):
             how = describe_exit(status)
             log = logger.info if status == 0 else logger.error
             log("%s: %s (pid %s) %s", self.name, child.description, pid, how)
-            self.recover(pid, f"its process (pid {pid}) {how}")
+            self.recover(pid, f"its process (pid {pid}) {how}", self.running_of(pid))
             if replace:
                 self.fork(child)
 
-    def recover(self, pid: int, message: str) -> None:
-        """Deregister what a dead child left behind, interrupting its jobs. If the database
-        is unreachable now, the next maintenance tries again."""
-        self.unrecovered[pid] = message
+    def running_of(self, pid: int) -> set[int]:
+        """The claims dead worker ``pid`` was running when it died (none for other roles)."""
+        board = self.boards.pop(pid, None)
+        if board is None:
+            return set()
+        running = board.claims()
+        board.close()
+        return running
+
+    def recover(self, pid: int, message: str, running: set[int]) -> None:
+        """Deregister what a dead child left behind, interrupting the jobs it was running
+        and giving back those it held for later. If the database is unreachable now, the
+        next maintenance tries again."""
+        self.unrecovered[pid] = (message, running)
         try:
             dead = Process.objects.using(self.database).filter(supervisor=self.process, pid=pid)
             for process in dead:
                 process.deregister(
-                    ProcessExitError, f"{process.name}: {message}", using=self.database
+                    ProcessExitError,
+                    f"{process.name}: {message}",
+                    running=running,
+                    using=self.database,
                 )
             # Claims its exactly_once runs held locked were skipped; they are orphans now.
             Process.recover_orphaned_claims(using=self.database)
@@ -182,8 +204,8 @@ class Supervisor(Runnable):
             self.stop(StopMode.GRACEFUL)
 
     def maintain(self) -> None:
-        for pid, message in list(self.unrecovered.items()):
-            self.recover(pid, message)
+        for pid, (message, running) in list(self.unrecovered.items()):
+            self.recover(pid, message, running)
         if self.prune_not_before is None:
             # Nobody could heartbeat while the database was unreachable: give every process
             # the alive threshold from now on before taking its silence for death.
@@ -221,7 +243,7 @@ class Supervisor(Runnable):
             logger.error("%s: pid %s did not stop; killing it", self.name, pid)
             self._signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            self.recover(pid, "its process was killed after not stopping")
+            self.recover(pid, "its process was killed after not stopping", self.running_of(pid))
             del self.children[pid]
 
     def _signal(self, pid: int, signum: int) -> None:

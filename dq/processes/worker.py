@@ -1,25 +1,28 @@
-"""The worker: claims ready jobs for its idle threads and runs them (``Running``), enforces
-their timeouts, gives up claims it never received, and recycles itself past its limits."""
+"""The worker: its main loop claims jobs into a buffer that its threads run from, and
+writes what they hand back (the starts and successful ends of runs) together with its next
+claim; it enforces timeouts, gives up claims it never received, and recycles itself past
+its limits. How one job runs is in ``Running``."""
 
 import contextlib
 import logging
 import os
-import threading
 import time
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from ..conf import Configuration, WorkerConfig
-from ..db import Listener, database
-from ..exceptions import ClaimLostError, JobTimeoutError, ShutdownTimeoutError
+from ..db import Claim, Listener, database
+from ..exceptions import ClaimLostError, JobTimeoutError, ProcessExitError, ShutdownTimeoutError
 from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..queues import QueueSelector, serves
-from .base import Role, StopMode
-from .batching import GroupCommit
-from .pool import Pool
+from .base import Role, StopMode, database_retry_delay
+from .batching import WriteAbandoned, Writes
+from .board import RunBoard
+from .pool import Buffer, Pool
 from .running import Run, Running, job_fields
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ RELISTEN_INTERVAL = 5.0
 # How often a worker looks for claims of its own that no thread runs (a statement that
 # claimed jobs committed, but its reply was lost), and how old such a claim must be.
 UNTRACKED_CLAIM_AGE = 10.0
+# A worker claims ahead of its free threads the jobs it would start within this many
+# seconds at the rate it has been ending them (at most ``prefetch``): many short jobs are
+# claimed many at a time, long ones no sooner than a thread is free for them.
+CLAIM_AHEAD = 0.05
 
 
 def resident_memory_mib() -> float:
@@ -41,7 +48,7 @@ def resident_memory_mib() -> float:
 
 
 class Worker(Running, Role):
-    """Claims ready jobs, at most as many as it has idle threads, and runs them."""
+    """Claims ready jobs for its threads and a few ahead of them, and runs them."""
 
     kind = Process.Kind.WORKER
 
@@ -52,6 +59,7 @@ class Worker(Running, Role):
         *,
         supervisor_pid: int,
         supervisor_id: int,
+        board: RunBoard | None = None,
     ) -> None:
         super().__init__(config, supervisor_pid=supervisor_pid, supervisor_id=supervisor_id)
         self.worker_config = worker_config
@@ -60,14 +68,18 @@ class Worker(Running, Role):
         self.polling_interval = (
             worker_config.polling_interval or database(self.database).polling_interval
         )
+        self.board = board or RunBoard(self.threads)
+        self.buffer = Buffer(low=self.threads, on_low=self.wakeup.set)
+        self.writes = Writes(self.wakeup.set)
         self.pool: Pool | None = None
         self.listener: Listener | None = None
         self.next_listen_at = 0.0
-        self.runs: dict[int, Run] = {}  # claim id -> Run
-        # Successful runs are recorded together with those that end at the same time.
-        self.finishes = GroupCommit(self.finish_batch)
-        self.thread_state = threading.local()
-        self.jobs_done = 0
+        self.runs: dict[int, Run] = {}  # claim id -> Run, from its claim to its end written
+        self.jobs_started = 0
+        self.connection_errors: dict[int, int] = {}
+        self.connection_used: dict[int, float] = {}
+        self.end_rate = 0.0  # runs ended per second, recently
+        self.last_flush = time.monotonic()
         self.next_claims_audit = 0.0
         self.recycling: str | None = None  # why this worker is stopping to be replaced
 
@@ -75,7 +87,7 @@ class Worker(Running, Role):
         return {"queues": list(self.worker_config.queues), "threads": self.threads}
 
     def start(self) -> None:
-        self.pool = Pool(self.threads, on_idle=self.wakeup.set)
+        self.pool = Pool(self.threads, self.buffer, self.perform)
 
     def listen(self) -> None:
         db = database(self.database)
@@ -94,33 +106,81 @@ class Worker(Running, Role):
             self.listen()
         self.enforce_timeouts()
         self.release_untracked_claims()
-        if self.stopping is not None:  # recycling: claim nothing, not even the job just timed out
-            return 0
-        assert self.pool is not None
-        assert self.process is not None
-        idle = self.pool.idle
-        jobs = []
-        if idle:
-            jobs = ReadyExecution.claim(
-                self.queues, idle, self.process, backend=self.config.backend, using=self.database
-            )
-        for job in jobs:
-            self.track(job)
-            self.pool.submit(self.perform, job)
+        claimed = self.flush()
+        self.check_recycling()
         now = time.monotonic()
-        delay = 0 if idle and len(jobs) == idle else self.polling_interval
-        deadlines = [
-            run.deadline for run in self.runs.values() if run.deadline and not run.timed_out
+        if self.writes.due_now() or (claimed and len(self.buffer) < self.buffer.low):
+            return 0
+        delays = [self.polling_interval if not claimed else 1.0]
+        if (due := self.writes.next_due()) is not None:
+            delays.append(due - now)
+        delays += [
+            run.deadline - now for run in self.runs.values() if run.deadline and not run.timed_out
         ]
-        return min([delay, *(deadline - now for deadline in deadlines)])
+        return min(delays)
 
-    def track(self, job: Job) -> None:
-        """Note a claimed job as running here, with the deadline of its timeout."""
-        deadline = time.monotonic() + job.timeout if job.timeout else None
-        self.runs[job.claim_id] = Run(job=job, deadline=deadline)
+    def wanted(self, ending: int = 0) -> int:
+        """How many jobs to claim now, while the ends of ``ending`` runs are written: one
+        for each thread without a job, and those it would start within CLAIM_AHEAD (none
+        once it is stopping)."""
+        if self.stopping is not None:
+            return 0
+        ahead = min(self.worker_config.prefetch, int(self.end_rate * CLAIM_AHEAD))
+        wanted = self.threads + ahead - (len(self.runs) - ending)
+        if self.worker_config.max_jobs:  # no more than it runs before it is recycled
+            left = self.worker_config.max_jobs - self.jobs_started - len(self.buffer)
+            wanted = min(wanted, left)
+        return max(0, wanted)
+
+    def flush(self, *, claim: bool = True) -> int:
+        """Write the starts and ends the threads handed in and (with ``claim``) claim jobs
+        for the buffer, in one transaction. Returns how many jobs it claimed."""
+        starts, ends = self.writes.due()
+        # Claimed when the buffer runs low, many at a time; the runs ending free places.
+        low = claim and len(self.buffer) < self.buffer.low
+        limit = self.wanted(len(ends)) if low else 0
+        if not (starts or ends or limit):
+            return 0
+        assert self.process is not None
+        selector = self.queues[0] if len(self.queues) == 1 else None
+        wanted = Claim(selector, limit, self.config.backend, self.process.pk) if selector else None
+        try:
+            started, ended, claimed = ClaimedExecution.flush(
+                starts=[write.job for write in starts],
+                ends=[write.job for write in ends],
+                claim=wanted if limit else None,
+                worker_id=self.name,
+                using=self.database,
+            )
+        except DatabaseError:
+            self.writes.retry(starts, ends)
+            raise
+        self.writes.written(starts, started)
+        self.writes.written(ends, ended)
+        self.track(claimed)
+        now = time.monotonic()
+        elapsed, self.last_flush = max(now - self.last_flush, 1e-3), now
+        self.end_rate = 0.8 * self.end_rate + 0.2 * (len(ends) / elapsed)
+        for write in ends:
+            if write.done is None:  # the thread that ran it went on: announce it here
+                self.announce_end(write.job, write.job.claim_id in ended)
+            self.runs.pop(write.job.claim_id, None)
+        if selector is None and limit:  # one claim statement serves one selector
+            claimed = ReadyExecution.claim(
+                self.queues, limit, self.process, backend=self.config.backend, using=self.database
+            )
+            self.track(claimed)
+        return len(claimed)
+
+    def track(self, claimed: list[Job]) -> None:
+        """Hold jobs just claimed as runs of this worker, buffered for its threads."""
+        for job in claimed:
+            self.runs[job.claim_id] = Run(job)
+        self.buffer.put(claimed)
 
     def wait(self, timeout: float) -> None:
-        """Wait for a free thread, a signal, or a notification about a queue this worker serves."""
+        """Wait for a thread's write or free place, a signal, or a notification about a
+        queue this worker serves."""
         if self.listener is None:
             super().wait(timeout)
             return
@@ -163,6 +223,7 @@ class Worker(Running, Role):
                     ClaimedExecution.objects.filter(pk=claim_id),
                     JobTimeoutError,
                     f"ran longer than its timeout of {run.job.timeout}s on {self.name}",
+                    running={claim_id},
                     using=self.database,
                 )
             except DatabaseError:
@@ -175,9 +236,10 @@ class Worker(Running, Role):
                 )
 
     def release_untracked_claims(self) -> None:
-        """Interrupt claims of this process that no thread of it runs: a statement that
-        claimed them committed, but its reply was lost with the connection. Every claim is
-        tracked as soon as its statement returns, so an untracked one this old is lost."""
+        """End claims of this process that no thread of it runs nor waits to: a statement
+        that claimed them committed, but its reply was lost with the connection. Every
+        claim is tracked as soon as its statement returns, so an untracked one this old is
+        lost (none of them started here: they go back to ready)."""
         if time.monotonic() < self.next_claims_audit:
             return
         self.next_claims_audit = time.monotonic() + UNTRACKED_CLAIM_AGE
@@ -201,59 +263,36 @@ class Worker(Running, Role):
             logger.info("%s: recycling: %s", self.name, reason)
             self.stop(StopMode.GRACEFUL)
 
-    def claims_next(self) -> bool:
-        """Whether a thread whose run is ending takes a new job as the end is recorded
-        (else it goes idle, and the main loop claims for idle threads)."""
-        max_jobs, max_memory = self.worker_config.max_jobs, self.worker_config.max_memory
-        return (
-            self.stopping is None
-            and len(self.queues) == 1  # one claim statement serves one queue selector
-            # Not past a recycling limit: the worker is about to be replaced.
-            and not (max_jobs and self.jobs_done + 1 >= max_jobs)
-            and not (max_memory and resident_memory_mib() > max_memory)
-        )
-
     def check_recycling(self) -> None:
         limit_jobs, limit_memory = self.worker_config.max_jobs, self.worker_config.max_memory
-        if limit_jobs and self.jobs_done >= limit_jobs:
-            self.recycle(f"ran {self.jobs_done} jobs (max_jobs {limit_jobs})")
+        if limit_jobs and self.jobs_started >= limit_jobs:
+            self.recycle(f"ran {self.jobs_started} jobs (max_jobs {limit_jobs})")
         elif limit_memory and (memory := resident_memory_mib()) > limit_memory:
             self.recycle(f"uses {memory:.0f} MiB (max_memory {limit_memory})")
 
-    def finish_batch(self, items: list[tuple[Job, bool]]) -> list[tuple[Job | None, Job | None]]:
-        """Record runs that succeeded (each job's ``return_value`` set) in one transaction
-        and, in the same statement, claim a job for each of their threads that asks for one.
-        Items are ``(job, wants_next)``; returns ``(ended job or None, next job or None)``
-        for each."""
-        assert self.process is not None
-        jobs = [job for job, _ in items]
-        wanted = sum(wants for _, wants in items) if self.stopping is None else 0
-        ended, claimed = ClaimedExecution.finish_and_claim(
-            jobs,
-            selector=self.queues[0],
-            limit=wanted,
-            process=self.process,
-            backend=self.config.backend,
-            using=self.database,
-        )
-        for next_job in claimed:  # running here from the moment its claim is committed
-            self.track(next_job)
-        next_jobs = iter(claimed)
-        return [
-            (ended[job.claim_id], next(next_jobs, None) if wants else None) for job, wants in items
-        ]
-
     def shut_down(self) -> tuple[type[BaseException], str]:
+        """Give the buffered jobs back, let running ones end (gracefully: within the
+        shutdown timeout) while their ends are written, then write what is left."""
         if self.pool is None:
             return super().shut_down()
-        self.pool.shutdown()
-        if self.stopping is StopMode.GRACEFUL:
-            deadline = time.monotonic() + self.config.shutdown_timeout
-            while self.running_count() and self.stopping is StopMode.GRACEFUL:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.wakeup.wait(left)
+        self.release_buffered()
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while True:  # the running end; their ends are written as they come
+            self.flush_waiting_out_errors(deadline)
+            left = deadline - time.monotonic()
+            if not self.running_count() or self.stopping is not StopMode.GRACEFUL or left <= 0:
+                break
+            self.wakeup.wait(left)
+        self.flush_waiting_out_errors(time.monotonic() + 1.0)
+        # Starts not waited for are left: the runs still going are interrupted here.
+        abandoned = self.writes.abandon(WriteAbandoned(f"{self.name} stopped first"))
+        lost = [write for write in abandoned if write.end]
+        if lost:
+            logger.warning(
+                "%s: the ends of %s run(s) could not be written before it stopped: they run again",
+                self.name,
+                len(lost),
+            )
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 self.listener.close()
@@ -270,6 +309,44 @@ class Worker(Running, Role):
             )
         return super().shut_down()
 
+    def release_buffered(self) -> None:
+        """Put the jobs no thread took back in the ready table, as if never claimed."""
+        left = self.buffer.close()
+        if not left:
+            return
+        with contextlib.suppress(DatabaseError):  # else deregistering gives them back
+            ClaimedExecution.interrupt(
+                ClaimedExecution.objects.filter(pk__in=[job.claim_id for job in left]),
+                ProcessExitError,
+                f"{self.name} stopped before running it",
+                using=self.database,
+            )
+        for job in left:
+            self.runs.pop(job.claim_id, None)
+
+    def flush_waiting_out_errors(self, deadline: float) -> None:
+        """``flush``, retried after database errors until ``deadline`` (while stopping)."""
+        failures = 0
+        while self.writes.due_now() and time.monotonic() < deadline:
+            try:
+                self.flush()
+                return
+            except DatabaseError:
+                failures += 1
+                self.database_errors += 1
+                logger.exception("%s: cannot write the ends of runs; retrying", self.name)
+                connections[self.database].close()
+                self.wakeup.wait(min(database_retry_delay(failures), deadline - time.monotonic()))
+
     def running_count(self) -> int:
-        """Jobs still running whose end matters (a timed-out run was already interrupted)."""
-        return sum(not run.timed_out for run in list(self.runs.values()))
+        """Runs in progress whose end matters (a timed-out run was already interrupted)."""
+        return sum(run.running and not run.timed_out for run in list(self.runs.values()))
+
+    def running_claims(self) -> set[int]:
+        return {claim_id for claim_id, run in list(self.runs.items()) if run.running}
+
+    def deregister(
+        self, exception_class: type[BaseException], message: str, *, running: Collection[int] = ()
+    ) -> None:
+        """Deregister, interrupting the runs in progress here (not those buffered)."""
+        super().deregister(exception_class, message, running={*running, *self.running_claims()})

@@ -359,7 +359,8 @@ def test_a_running_job_sees_the_cancel_request_and_stops_early(dq_work):
     dq_work(options=fast())
     result = run_until_cancelled.enqueue("long")
     wait_until(lambda: Run.objects.filter(label="long:started").exists())
-    assert job_of(result).status == Job.Status.RUNNING
+    # Its start is written once it has run a moment (batching.START_AFTER).
+    wait_until(lambda: job_of(result).status == Job.Status.RUNNING)
 
     assert default_task_backend.cancel(result.id).status == TaskResultStatus.RUNNING
 

@@ -373,6 +373,9 @@ def test_jobs_of_a_host_killed_outright_are_recovered_by_pruning(dq_work, releas
     old = dq_work(options=fast())
     old_supervisor, [worker], dispatcher = started(old)
     assert wait_for_runs("a:started", 1) == [worker.pid]
+    # Its start is written once it has run a moment (batching.START_AFTER): a host lost
+    # before that gives the job back as never started.
+    wait_until(lambda: job_of(result).status == Job.Status.RUNNING)
 
     # Stopped first, the supervisor cannot see its children die, nor they it.
     old.send(signal.SIGSTOP)
@@ -381,7 +384,6 @@ def test_jobs_of_a_host_killed_outright_are_recovered_by_pruning(dq_work, releas
     kill(dispatcher.pid)
     old.kill()
     assert Process.objects.count() == 3, "nobody deregistered"
-    assert job_of(result).status == Job.Status.RUNNING
 
     release.set()
     new = dq_work(options=fast())
@@ -512,7 +514,9 @@ def test_bad_jobs_fail_without_harming_the_worker(dq_work):
     assert "ModuleNotFoundError: No module named 'tests.nowhere'" in output
 
 
-def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
+def claimed_by_a_ghost(label, *, started):
+    """A job claimed by a worker of another host that stopped heartbeating an hour ago,
+    with its run's start recorded or not."""
     ghost = Process.objects.create(
         kind=Process.Kind.WORKER,
         name="worker-ghost",
@@ -520,11 +524,21 @@ def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
         hostname="other-host",
         last_heartbeat_at=timezone.now() - timedelta(hours=1),
     )
-    result = record.enqueue("orphan")
+    result = record.enqueue(label)
     [claimed] = ReadyExecution.claim(
         (QueueSelector("*"),), 1, ghost, backend="default", using="default"
     )
     assert claimed.pk == int(result.id)
+    if started:
+        claimed.record_start(timezone.now())
+        ClaimedExecution.flush(
+            starts=[claimed], ends=[], claim=None, worker_id=ghost.name, using="default"
+        )
+    return ghost, result
+
+
+def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
+    ghost, result = claimed_by_a_ghost("orphan", started=True)
     assert job_of(result).status == Job.Status.RUNNING
 
     work = dq_work(options=fast())
@@ -536,6 +550,18 @@ def test_processes_of_other_hosts_are_pruned_and_their_jobs_run_again(dq_work):
     assert "other-host" in job.errors[0]["message"]
     assert runs("orphan") == 1
     assert "pruned" in work.output()
+
+
+def test_a_pruned_process_gives_back_the_jobs_it_had_not_started_as_never_claimed(dq_work):
+    ghost, result = claimed_by_a_ghost("claimed ahead", started=False)
+    assert job_of(result).status == Job.Status.READY
+
+    dq_work(options=fast())
+    job = wait_for_status(result, Job.Status.SUCCESSFUL)
+
+    assert not Process.objects.filter(pk=ghost.pk).exists()
+    assert (job.attempt_count, job.interruption_count, job.errors) == (1, 0, [])
+    assert job.worker_ids != ["worker-ghost"] and runs("claimed ahead") == 1
 
 
 def assert_each_ran_once(labels):

@@ -1,6 +1,6 @@
-"""Work done in few statements: enqueues, runs recorded together (finish_many, the
-worker's group commit), and the statements one job costs, pinned here so that a change
-that adds one per job fails."""
+"""Work done in few statements: enqueues, a worker's starts, ends and claims written
+together (``ClaimedExecution.flush``, the worker's ``Writes``), and the statements one job
+costs, pinned here so that a change that adds one per job fails."""
 
 import os
 import re
@@ -16,12 +16,13 @@ from django.tasks.signals import task_finished
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from dq.db import Database, postgresql
+from dq.db import Claim, Database, End, postgresql
 from dq.db import database as db_of
 from dq.exceptions import ProcessExitError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
+from dq.processes import batching
 from dq.processes.base import StopMode
-from dq.processes.batching import BatchWriteError, GroupCommit
+from dq.processes.batching import WriteAbandoned, Writes
 from dq.queues import QueueSelector
 
 from ..conftest import InProcessWorker, wait_until
@@ -40,10 +41,21 @@ def statements(queries):
     ]
 
 
-def finishing_statements():
-    """Statements finish_many uses, however many runs end: one on PostgreSQL; on SQLite
-    two (the claims deleted, then their jobs updated, each with RETURNING)."""
-    return 1 if connection.vendor == "postgresql" else 2
+def flush_statements(*, starts=False, ends=False, claim=False):
+    """Statements a flush uses, however many jobs each part has: one on PostgreSQL; on
+    SQLite two for the ends, three for the starts, three for the claim (inside a
+    transaction, as in these tests: outside, a read first spares an empty poll the lock)."""
+    if connection.vendor == "postgresql":
+        return 1
+    return 2 * ends + 3 * starts + 3 * claim
+
+
+def started(worker, jobs):
+    """``jobs`` as a pool thread leaves them when it starts them."""
+    for job in jobs:
+        job.record_start(timezone.now())
+        job.status = Job.Status.RUNNING
+    return jobs
 
 
 def test_an_enqueue_is_one_statement_on_postgresql_however_many_jobs(db):
@@ -76,7 +88,7 @@ def test_an_enqueue_is_one_statement_on_postgresql_however_many_jobs(db):
     assert add.get_result(single.id).status == "READY"
 
 
-def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_taken_over(
+def test_a_flush_writes_ends_and_starts_and_claims_in_one_go_and_skips_claims_taken_over(
     worker,
 ):
     plain, valued, unique, keeps_key, taken = (
@@ -86,82 +98,126 @@ def test_finish_many_records_several_runs_in_one_transaction_and_skips_claims_ta
         unique_for_a_minute.enqueue("kept"),
         record.enqueue("taken"),
     )
-    claimed = {int(job.pk): job for job in worker.claim()}
-    assert len(claimed) == 5
+    long_running = record.enqueue("long")
+    claimed = {int(job.pk): job for job in started(worker, worker.claim(started=False))}
+    assert len(claimed) == 6
     gone = claimed[int(taken.id)]
     ClaimedExecution.interrupt(
-        ClaimedExecution.objects.filter(pk=gone.claim_id), ProcessExitError, "x", using="default"
+        ClaimedExecution.objects.filter(pk=gone.claim_id),
+        ProcessExitError,
+        "x",
+        running={gone.claim_id},
+        using="default",
     )
     for job in claimed.values():
         job.return_value = None
     claimed[int(valued.id)].return_value = {"sum": 5, "parts": [2, 3]}
+    still_running = claimed.pop(int(long_running.id))
+    waiting = [add.enqueue(n, n) for n in range(3)]
+    assert worker.process is not None
 
     with CaptureQueriesContext(connection) as queries:
-        ended = ClaimedExecution.finish_many(
-            list(claimed.values()), worker_id="w-1", using="default"
+        starts, ends, more = ClaimedExecution.flush(
+            starts=[still_running],
+            ends=list(claimed.values()),
+            claim=Claim(QueueSelector("*"), 2, "default", worker.process.pk),
+            worker_id="w-1",
+            using="default",
         )
 
-    assert len(statements(queries)) == finishing_statements(), statements(queries)
-    assert ended[gone.claim_id] is None
-    assert Job.objects.get(pk=gone.pk).status == Job.Status.READY  # interrupted, to run again
+    assert len(statements(queries)) == flush_statements(starts=True, ends=True, claim=True)
+    assert starts == {still_running.claim_id}
+    assert ends == {job.claim_id for job in claimed.values()} - {gone.claim_id}
+    # The job interrupted, to run again, then the oldest waiting; claimed, not started.
+    assert [job.pk for job in more] == [gone.pk, int(waiting[0].id)]
+    assert Job.objects.get(pk=gone.pk).status == Job.Status.READY
     for job_id in (plain.id, valued.id, unique.id, keeps_key.id):
         job = Job.objects.get(pk=job_id)
-        assert ended[claimed[job.pk].claim_id].pk == job.pk
-        assert job.status == Job.Status.SUCCESSFUL
-        assert job.finished_at is not None
+        assert job.status == Job.Status.SUCCESSFUL and job.attempt_count == 1
+        assert job.finished_at is not None and job.finished_at == claimed[job.pk].finished_at
         [attempt] = job.attempts
+        held = claimed[job.pk].attempts[0]  # what the worker holds is what is stored
+        for moment in ("started_at", "finished_at"):
+            assert datetime.fromisoformat(attempt[moment]) == datetime.fromisoformat(held[moment])
         assert attempt["worker_id"] == "w-1" and attempt["error"] is None
-        assert attempt["started_at"] is not None and attempt["finished_at"] is not None
+        assert datetime.fromisoformat(attempt["started_at"]) == job.started_at
     assert Job.objects.get(pk=valued.id).return_value == {"sum": 5, "parts": [2, 3]}
     assert Job.objects.get(pk=plain.id).return_value is None
     assert Job.objects.get(pk=unique.id).unique_key is None  # free for the next one
     assert Job.objects.get(pk=keeps_key.id).unique_key is not None  # kept for unique_for
-    assert not ClaimedExecution.objects.exclude(job_id=gone.pk).exists()
-
+    running = Job.objects.get(pk=still_running.pk)
+    assert (running.status, running.attempt_count) == (Job.Status.RUNNING, 1)
+    assert ClaimedExecution.objects.get(pk=still_running.claim_id).started_at is not None
+    assert {claim.job_id for claim in ClaimedExecution.objects.all()} == {
+        still_running.pk,
+        *(job.pk for job in more),
+    }
     result = record.get_result(plain.id)
     assert result.attempts == 1 and result.finished_at is not None
     assert unique_record.enqueue("u").id != unique.id
 
 
-def test_finish_many_gives_back_concurrency_slots(worker):
+def test_a_start_written_before_counts_as_written_and_is_counted_once(worker):
+    record.enqueue("started twice")
+    [job] = worker.claim(started=True)
+
+    starts, _, _ = ClaimedExecution.flush(
+        starts=[job], ends=[], claim=None, worker_id="w", using="default"
+    )
+
+    assert starts == {job.claim_id}
+    assert Job.objects.get(pk=job.pk).attempt_count == 1
+
+
+def test_an_end_whose_start_was_not_written_counts_the_attempt(worker):
+    record.enqueue("ended at once")
+    [job] = started(worker, worker.claim(started=False))
+
+    ClaimedExecution.flush(starts=[], ends=[job], claim=None, worker_id="w", using="default")
+
+    recorded = Job.objects.get(pk=job.pk)
+    assert (recorded.status, recorded.attempt_count) == (Job.Status.SUCCESSFUL, 1)
+    assert recorded.started_at == recorded.last_attempted_at == job.last_attempted_at
+
+
+def test_a_flush_gives_back_concurrency_slots(worker):
     per_account.enqueue(account_id=1)
     per_account.enqueue(account_id=2)
     jobs = worker.claim()
     assert Semaphore.objects.get(key="account-1").value == 0
+    for job in jobs:
+        job.return_value = None
 
-    ClaimedExecution.finish_many(jobs, worker_id="w", using="default")
+    ClaimedExecution.flush(starts=[], ends=jobs, claim=None, worker_id="w", using="default")
 
     assert Semaphore.objects.get(key="account-1").value == 1
     assert Semaphore.objects.get(key="account-2").value == 1
 
 
-def test_a_job_costs_one_claim_share_and_one_finishing_statement(db):
-    """A worker that claims five jobs and runs them one after another: one statement to
-    claim them, then the finishing statements of each; nothing else per job."""
+def test_a_job_costs_a_share_of_a_claim_and_of_one_flush(db):
+    """A worker that claims five jobs ahead and runs them: one statement to claim them,
+    then one flush writes their five ends; nothing else per job."""
     for n in range(5):
         add.enqueue(n, n)
     worker = InProcessWorker()
 
     with CaptureQueriesContext(connection) as queries:
-        jobs = worker.claim(limit=5)
+        jobs = worker.claim(limit=5, started=False)
         for job in jobs:
-            worker.perform(job)
+            worker.worker.perform(job, 0)  # at_least_once: its end is handed on
+        worker.worker.flush(claim=False)
 
     assert len(jobs) == 5
-    # On SQLite: take the ready rows, insert the claims, start the jobs (outside a
-    # transaction a read first spares an empty poll the write lock; this test runs in one).
     claims = 1 if connection.vendor == "postgresql" else 3
-    # Each end also looks for a next job for its thread (in the same statement on
-    # PostgreSQL; on SQLite one more, which finds none: all five are claimed).
-    ends = 1 if connection.vendor == "postgresql" else finishing_statements() + 1
-    assert len(statements(queries)) == claims + 5 * ends, statements(queries)
+    assert len(statements(queries)) == claims + flush_statements(ends=True), statements(queries)
     assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 5
+    assert worker.worker.runs == {}
 
 
 def ended_through(finish, value):
     """A job of ``add`` claimed and ended by ``finish(claim_id, value)``, reloaded."""
     add.enqueue(1, 2)
-    [job] = InProcessWorker().claim(limit=1)
+    [job] = InProcessWorker().claim(limit=1, started=False)
     finish(job.claim_id, value)
     return Job.objects.get(pk=job.pk)
 
@@ -177,7 +233,13 @@ def test_an_end_records_the_same_attempt_and_value_as_the_generic_database_would
     def through(database):
         def finish(claim_id, value):
             with transaction.atomic():
-                database.finish({claim_id: value}, worker_id=worker_id, now=timezone.now())
+                database.flush(
+                    starts={},
+                    ends={claim_id: End(value, timezone.now())},
+                    claim=None,
+                    worker_id=worker_id,
+                    now=timezone.now(),
+                )
 
         return finish
 
@@ -189,8 +251,9 @@ def test_an_end_records_the_same_attempt_and_value_as_the_generic_database_would
         [attempt] = job.attempts
         assert set(attempt) == {"worker_id", "started_at", "finished_at", "error"}
         assert attempt["worker_id"] == worker_id and attempt["error"] is None
-        started = datetime.fromisoformat(attempt["started_at"])
-        assert started == job.started_at and started.utcoffset() == timedelta(0)
+        began = datetime.fromisoformat(attempt["started_at"])
+        assert began == job.started_at == job.last_attempted_at
+        assert began.utcoffset() == timedelta(0) and job.attempt_count == 1
         assert datetime.fromisoformat(attempt["finished_at"]) == job.finished_at
     assert not ClaimedExecution.objects.exists()
 
@@ -207,7 +270,7 @@ def test_an_empty_poll_on_sqlite_does_not_wait_for_the_write_lock():
     writer = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:
-        assert worker.claim(limit=5) == []
+        assert worker.claim(limit=5, started=False) == []
     finally:
         writer.execute("ROLLBACK")
         writer.close()
@@ -231,97 +294,116 @@ def test_the_generic_database_runs_the_whole_flow_on_this_database(generic_datab
     assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 4
 
 
-# --- GroupCommit -------------------------------------------------------------------------
+# --- Writes: what the threads hand the main loop ---------------------------------------
 
 
-def hand_in_during_a_write(outcome, first, others):
-    """Submit ``first``, then ``others`` while its batch is being written.
-
-    ``outcome(batch_number, items)`` is what writing a batch returns or raises. Returns
-    the group, the batches written and, per item, its result or the exception raised.
-    """
-    writing, release = threading.Event(), threading.Event()
-    batches = []
-
-    def write(items):
-        batches.append(list(items))
-        if len(batches) == 1:
-            writing.set()
-            release.wait(30)
-        return outcome(len(batches), items)
-
-    group = GroupCommit(write)
-    outcomes = {}
-
-    def submit(item):
-        try:
-            outcomes[item] = group.submit(item)
-        except Exception as error:
-            outcomes[item] = error
-
-    first_thread = threading.Thread(target=submit, args=(first,))
-    first_thread.start()
-    assert writing.wait(30)
-    threads = [threading.Thread(target=submit, args=(item,)) for item in others]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: len(group._waiting) == len(others), message="the others never queued up")
-    release.set()
-    for thread in (first_thread, *threads):
-        thread.join(30)
-    return group, batches, outcomes
-
-
-def test_items_handed_in_while_a_batch_is_written_are_written_together_next():
-    _, batches, results = hand_in_during_a_write(
-        lambda _, items: [item * 10 for item in items], 1, (2, 3, 4)
+def test_a_write_waited_for_returns_once_written_and_says_whether_it_took(db):
+    record.enqueue("waited")
+    worker = InProcessWorker()
+    [job] = worker.claim(started=False)
+    writes = Writes(lambda: None)
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(took=writes.start(job, wait=True)), daemon=True
     )
+    thread.start()
+    wait_until(writes.due_now, message="the start was never handed in")
+    assert thread.is_alive()  # nothing written yet
 
-    assert batches[0] == [1]
-    assert sorted(batches[1]) == [2, 3, 4]
-    assert len(batches) == 2
-    assert results == {1: 10, 2: 20, 3: 30, 4: 40}
+    starts, ends = writes.due()
+    writes.written(starts, {job.claim_id})
+    thread.join(10)
 
-
-def test_a_failed_batch_fails_each_of_its_items():
-    def outcome(batch_number, items):
-        if batch_number == 1:
-            return [None for _ in items]
-        raise ConnectionError("the database went away")
-
-    group, batches, outcomes = hand_in_during_a_write(outcome, "first", ("a", "b"))
-    errors = {item: value for item, value in outcomes.items() if isinstance(value, Exception)}
-
-    assert "first" not in errors
-    # The thread that wrote the failed batch has the cause; the other one learns of it.
-    assert sorted(type(error).__name__ for error in errors.values()) == [
-        "BatchWriteError",
-        "ConnectionError",
-    ]
-    [follower] = [error for error in errors.values() if isinstance(error, BatchWriteError)]
-    assert "the database went away" in str(follower)
-    # Nothing is left waiting or locked: the next item is written in a batch of its own.
-    with pytest.raises(ConnectionError):
-        group.submit("later")
-    assert batches[-1] == ["later"]
+    assert [write.job for write in starts] == [job] and ends == []
+    assert outcome == {"took": True}
 
 
-def test_a_thread_claims_its_next_job_as_its_last_ends(db):
-    """In the statement that ends the run on PostgreSQL, in its transaction elsewhere."""
+def test_an_end_takes_the_place_of_its_runs_start_not_written_yet():
+    job = Job(pk=1)
+    job.claim_id = 7
+    writes = Writes(lambda: None)
+
+    writes.start(job, wait=False)
+    assert not writes.due_now()  # a start not waited for waits START_AFTER
+    writes.end(job, wait=False)
+
+    starts, ends = writes.due()
+    assert starts == [] and [write.job for write in ends] == [job]
+
+
+def test_a_start_not_waited_for_is_due_once_its_run_has_lasted_a_while(monkeypatch):
+    job = Job(pk=1)
+    job.claim_id = 7
+    writes = Writes(lambda: None)
+    writes.start(job, wait=False)
+    due = writes.next_due()
+    assert due is not None and writes.due() == ([], [])
+
+    monkeypatch.setattr(batching.time, "monotonic", lambda: due + batching.START_AFTER)
+
+    starts, _ = writes.due()
+    assert [write.job for write in starts] == [job]
+
+
+def test_writes_of_a_failed_flush_are_written_by_the_next():
+    first, second = Job(pk=1), Job(pk=2)
+    first.claim_id, second.claim_id = 11, 12
+    writes = Writes(lambda: None)
+    writes.start(first, wait=False)
+    writes.end(second, wait=False)
+    taken = writes.due()
+    writes.end(first, wait=False)  # its end came while the flush failed
+
+    writes.retry(*taken)
+
+    starts, ends = writes.due()
+    assert starts == []  # the end writes the start with it
+    assert sorted(write.job.pk for write in ends) == [1, 2]
+
+
+def test_a_worker_that_stops_first_fails_the_writes_threads_wait_for():
+    job = Job(pk=1)
+    job.claim_id = 5
+    writes = Writes(lambda: None)
+    errors = []
+
+    def wait_for_start():
+        try:
+            writes.start(job, wait=True)
+        except WriteAbandoned as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=wait_for_start, daemon=True)
+    thread.start()
+    wait_until(writes.due_now, message="the start was never handed in")
+
+    abandoned = writes.abandon(WriteAbandoned("stopped"))
+    thread.join(10)
+
+    assert [write.job for write in abandoned] == [job]
+    assert [str(error) for error in errors] == ["stopped"]
+
+
+def test_the_main_loop_claims_ahead_when_the_buffer_runs_low(db):
     for n in range(4):
         add.enqueue(n, n)
     worker = InProcessWorker()
-    [first] = worker.claim(limit=1)
+    worker.worker.end_rate = 1000.0  # ending many jobs a second: it claims ahead
 
-    with CaptureQueriesContext(connection) as queries:
-        done = worker.perform(first)
+    claimed = worker.worker.flush()
 
-    # Each end claims the next job; the fourth finds none left.
-    assert len(done) == 4
-    assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 4
-    assert not ClaimedExecution.objects.exists()
-    if connection.vendor == "postgresql":
-        assert len(statements(queries)) == 4, statements(queries)  # one per end
+    assert claimed == 4 and len(worker.worker.buffer) == 4
+    assert set(worker.worker.runs) == set(ClaimedExecution.objects.values_list("pk", flat=True))
+    assert not ClaimedExecution.objects.filter(started_at__isnull=False).exists()
+    assert Job.objects.filter(status=Job.Status.READY).count() == 4  # none of them started
+
+
+def test_a_worker_without_a_rate_claims_for_its_threads_only(db):
+    for n in range(8):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+
+    assert worker.worker.flush() == worker.worker.threads
 
 
 def test_a_stopping_worker_claims_nothing_as_runs_end(db):
@@ -332,8 +414,24 @@ def test_a_stopping_worker_claims_nothing_as_runs_end(db):
     worker.worker.stopping = StopMode.GRACEFUL
 
     assert worker.perform(first) == [first]
+    worker.worker.flush()
     assert ReadyExecution.objects.count() == 1
     assert not ClaimedExecution.objects.exists()
+
+
+def test_a_graceful_stop_gives_the_buffered_jobs_back_as_never_claimed(db):
+    for n in range(3):
+        add.enqueue(n, n)
+    worker = InProcessWorker()
+    worker.worker.flush()
+    assert len(worker.worker.buffer) == 3
+
+    worker.worker.release_buffered()
+
+    assert not ClaimedExecution.objects.exists() and worker.worker.runs == {}
+    for job in Job.objects.all():
+        assert (job.status, job.attempt_count, job.attempts) == (Job.Status.READY, 0, [])
+    assert ReadyExecution.objects.count() == 3
 
 
 @pytest.mark.django_db(transaction=True)
@@ -426,8 +524,7 @@ def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
     if connection.vendor != "postgresql":
         pytest.skip("plans of prepared statements: PostgreSQL's")
     add.enqueue_many([((n, n), {}) for n in range(3000)])
-    sql, selector_params = postgresql.claim_statement(QueueSelector("*"), 3)
-    assert selector_params == []
+    sql = postgresql.flush_statement(ends=False, starts=False, claim=("1 = 1", 3))
     names = ["backend", "process_id", "now"]  # the claim's parameters, in order
     numbers = iter(range(1, len(names) + 1))
     prepared = re.sub(r"%s", lambda match: f"${next(numbers)}", sql)
@@ -445,14 +542,11 @@ def test_a_claim_planned_for_any_parameters_still_reads_by_index(db):
     assert "Index Scan using dq_ready_claim" in plan, plan
 
 
-def run_eight_jobs_in_one_chain():
-    """Enqueue, claim and end eight jobs the way a pool thread does: each end claims the
-    next."""
+def run_eight_jobs():
+    """Enqueue, claim and end eight jobs the way a worker does."""
     for n in range(8):
         add.enqueue(n, n)
-    worker = InProcessWorker()
-    [first] = worker.claim(limit=1)
-    assert len(worker.perform(first)) == 8
+    assert len(InProcessWorker().work_off()) == 8
 
 
 def test_dq_statements_are_prepared_on_postgresql(db):
@@ -460,16 +554,14 @@ def test_dq_statements_are_prepared_on_postgresql(db):
     them once they have run a few times on a connection."""
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements: PostgreSQL's")
-    run_eight_jobs_in_one_chain()
+    run_eight_jobs()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [statement for (statement,) in cursor.fetchall()]
     assert any("INSERT INTO dq_job" in statement for statement in prepared), prepared
-    assert any(
-        "DELETE FROM dq_claimed_execution" in statement and "FOR UPDATE SKIP LOCKED" in statement
-        for statement in prepared
-    ), prepared
+    assert any("FOR UPDATE SKIP LOCKED" in statement for statement in prepared), prepared
+    assert any("DELETE FROM dq_claimed_execution" in statement for statement in prepared)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -478,48 +570,32 @@ def test_a_project_that_turns_prepared_statements_off_gets_none_from_dq(monkeypa
         pytest.skip("prepared statements: PostgreSQL's")
     monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", None)
     connection.close()  # a new session, without what earlier tests prepared
-    run_eight_jobs_in_one_chain()
+    run_eight_jobs()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone() == (0,)
 
 
-def test_a_failing_announcement_does_not_drop_the_job_claimed_with_the_end(db):
+def test_a_failing_announcement_does_not_drop_the_next_ends(db):
     for n in range(3):
         add.enqueue(n, n)
     worker = InProcessWorker()
-    [first] = worker.claim(limit=1)
+    jobs = worker.claim(limit=3, started=False)
 
     def broken_receiver(**kwargs):
         raise RuntimeError("a receiver of task_finished is broken")
 
     task_finished.connect(broken_receiver)
     try:
-        done = worker.perform(first)
+        for job in jobs:
+            worker.worker.perform(job, 0)
+        worker.worker.flush(claim=False)
     finally:
         task_finished.disconnect(broken_receiver)
 
-    assert len(done) == 3
     assert Job.objects.filter(status=Job.Status.SUCCESSFUL).count() == 3
     assert not ClaimedExecution.objects.exists()
-    assert worker.worker.runs == {}
-
-
-def test_a_next_job_is_tracked_from_the_moment_its_claim_commits(db):
-    add.enqueue(1, 1)
-    add.enqueue(2, 2)
-    worker = InProcessWorker()
-    [first] = worker.claim(limit=1)
-    first.return_value = 2
-
-    [(ended, next_job)] = worker.worker.finish_batch([(first, True)])
-
-    assert ended.status == Job.Status.SUCCESSFUL
-    # Counted by a graceful shutdown and by timeouts before its thread even gets it.
-    assert list(worker.worker.runs) == [next_job.claim_id]
-    assert worker.worker.running_count() == 1
-    worker.perform(next_job)
     assert worker.worker.runs == {}
 
 
@@ -562,7 +638,7 @@ def test_a_claim_its_worker_never_received_is_released_and_runs_again(db):
     lost, running = record.enqueue("lost"), record.enqueue("running")
     worker = InProcessWorker()
     jobs = {job.pk: job for job in worker.claim(limit=2)}
-    worker.worker.track(jobs[int(running.id)])  # the other was never handed to a thread
+    worker.worker.track([jobs[int(running.id)]])  # the other was never handed to a thread
     ClaimedExecution.objects.update(claimed_at=timezone.now() - timedelta(minutes=1))
 
     worker.worker.release_untracked_claims()

@@ -316,7 +316,9 @@ def test_runs_ending_together_give_back_their_slots_in_key_order(worker, end):
         if end == "finish":
             for job in jobs:
                 job.return_value = None
-            ClaimedExecution.finish_many(jobs, worker_id=worker.process.name, using="default")
+            ClaimedExecution.flush(
+                starts=[], ends=jobs, claim=None, worker_id=worker.process.name, using="default"
+            )
         else:
             ClaimedExecution.interrupt(
                 ClaimedExecution.objects.all(), ProcessExitError, "worker exited", using="default"

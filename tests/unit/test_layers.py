@@ -15,7 +15,7 @@ LAYERS = [
     {"dq.conf", "dq.exceptions", "dq.queues", "dq.serialization", "dq.apps"},
     {"dq.db"},
     {"dq.models"},
-    {"dq.stats", "dq.checks"},
+    {"dq.stats", "dq.checks", "dq.results"},
     # Siblings: none of these imports another.
     {"dq.backend", "dq.admin", "dq.processes"},
     {"dq.management"},

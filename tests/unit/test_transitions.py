@@ -77,17 +77,30 @@ def test_claim_takes_at_most_limit_jobs_highest_priority_first(worker):
     assert ClaimedExecution.objects.count() == 2
 
 
-def test_a_claimed_job_is_running_with_its_attempt_started(worker):
+def test_a_claimed_job_is_held_for_its_worker_and_has_not_started(worker):
+    result = add.enqueue(1, 2)
+
+    [job] = worker.claim(started=False)
+
+    assert job.pk == int(result.id)
+    claim = ClaimedExecution.objects.get(job_id=job.pk)
+    assert (job.claim_id, claim.started_at) == (claim.pk, None)
+    assert (job.status, job.attempt_count, job.started_at) == (Job.Status.READY, 0, None)
+    assert state(job) == (Job.Status.READY, ["claimed"])
+    result.refresh()
+    assert (result.status, result.worker_ids) == (TaskResultStatus.READY, [])
+
+
+def test_a_recorded_start_makes_the_claimed_job_running_with_its_attempt(worker):
     result = add.enqueue(1, 2)
     before = timezone.now()
 
-    [job] = worker.claim()
+    [job] = worker.claim(started=True)
 
-    assert job.pk == int(result.id)
-    assert job.claim_id == ClaimedExecution.objects.get(job_id=job.pk).pk
-    assert job.status == Job.Status.RUNNING
-    assert job.attempt_count == 1
-    assert before <= job.started_at == job.last_attempted_at <= timezone.now()
+    recorded = Job.objects.get(pk=job.pk)
+    assert recorded.attempt_count == 1
+    assert before <= recorded.started_at == recorded.last_attempted_at <= timezone.now()
+    assert ClaimedExecution.objects.get(pk=job.claim_id).started_at == recorded.started_at
     assert state(job) == (Job.Status.RUNNING, ["claimed"])
     result.refresh()
     assert result.status == TaskResultStatus.RUNNING
@@ -105,15 +118,11 @@ def test_finish_and_fail_of_a_claim_taken_over_do_nothing(db):
     [current] = second.claim()
     assert current.pk == stale.pk and current.claim_id != stale.claim_id
 
-    assert (
-        ClaimedExecution.finish(
-            stale.claim_id, "stale", worker_id=first.process.name, using="default"
-        )
-        is None
-    )
+    stale.return_value = "stale"
+    assert not ClaimedExecution.finish(stale, worker_id=first.process.name, using="default")
     assert (
         ClaimedExecution.fail(
-            stale.claim_id,
+            stale,
             {"exception_class_path": "builtins.ValueError", "message": "x", "traceback": "x"},
             worker_id=first.process.name,
             using="default",
@@ -153,13 +162,15 @@ def test_a_stale_worker_that_runs_the_job_anyway_drops_its_outcome(db):
     assert Run.objects.filter(label="stale").count() == 2
 
 
-def test_finish_of_a_finished_claim_returns_none(worker):
+def test_finish_of_a_finished_claim_records_nothing(worker):
     record.enqueue("twice")
     [job] = worker.claim()
-    ended = ClaimedExecution.finish(job.claim_id, "one", worker_id="w", using="default")
+    job.return_value = "one"
+    assert ClaimedExecution.finish(job, worker_id="w", using="default")
 
-    assert ended.status == Job.Status.SUCCESSFUL
-    assert ClaimedExecution.finish(job.claim_id, "two", worker_id="w", using="default") is None
+    assert job.status == Job.Status.SUCCESSFUL
+    job.return_value = "two"
+    assert not ClaimedExecution.finish(job, worker_id="w", using="default")
     job.refresh_from_db()
     assert job.return_value == "one"
     assert len(job.attempts) == 1
@@ -428,7 +439,7 @@ def test_a_retried_job_that_fails_again_runs_only_once_more(worker):
     for _ in range(2):
         [job] = worker.claim()
         ClaimedExecution.fail(
-            job.claim_id,
+            job,
             {"exception_class_path": "builtins.RuntimeError", "message": "m", "traceback": "t"},
             worker_id=worker.process.name,
             using="default",

@@ -1,5 +1,6 @@
 import logging
 import sys
+from typing import cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
@@ -55,7 +56,7 @@ class Command(BaseCommand):
             )
         except ConfigurationError as error:
             raise CommandError(str(error)) from None
-        self.configure_logging()
+        self.configure_logging(verbosity=cast(int, options["verbosity"]))
         self.stdout.write(self.banner(config))
         self.stdout.flush()
         sys.exit(Supervisor(config).run())
@@ -79,8 +80,11 @@ class Command(BaseCommand):
             f"{config.heartbeat_interval}s, alive threshold {config.alive_threshold}s"
         )
 
-    def configure_logging(self) -> None:
-        """Show dq's INFO lines when the project's LOGGING says nothing about them."""
+    def configure_logging(self, *, verbosity: int) -> None:
+        """When the project's LOGGING says nothing about them, show dq's INFO lines (its
+        processes starting and stopping) and Django's ``django.tasks`` WARNING lines (runs
+        failed and retried); with ``-v 2`` also Django's two INFO lines per run. A line
+        per run costs a worker more than the run of a short job itself."""
         dq_logger = logging.getLogger("dq")
         if dq_logger.handlers or logging.getLogger().handlers:
             return
@@ -88,7 +92,11 @@ class Command(BaseCommand):
         handler.setFormatter(
             logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
         )
-        for name in ("dq", "django.tasks"):
+        levels = {
+            "dq": logging.INFO,
+            "django.tasks": logging.INFO if verbosity > 1 else logging.WARNING,
+        }
+        for name, level in levels.items():
             logging.getLogger(name).addHandler(handler)
-            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).setLevel(level)
             logging.getLogger(name).propagate = False
