@@ -369,7 +369,7 @@ def measure_drain(size, label, args):
         "args": list(args),
         **rates(size, work.started, finish_times(size, after=work.started)),
         **cpu_per_job(cpu, seen["database_cpu_s"], size),
-        "jobs_per_claim": jobs_per_claim(work.started),
+        "jobs_per_end_write": jobs_per_end_write(work.started),
         "memory": seen["memory"],
     }
     say(
@@ -379,11 +379,11 @@ def measure_drain(size, label, args):
     return result
 
 
-def jobs_per_claim(after):
-    """Jobs per claim among jobs started after the epoch second ``after``: a claim gives
-    all the jobs it takes one started_at."""
+def jobs_per_end_write(after):
+    """Jobs per statement that wrote their ends, among jobs started after the epoch second
+    ``after``: the ends a worker writes together share one finished_at."""
     started = Job.objects.filter(started_at__gt=datetime.fromtimestamp(after, UTC))
-    return started.count() / max(1, started.values("started_at").distinct().count())
+    return started.count() / max(1, started.values("finished_at").distinct().count())
 
 
 def cpu_per_job(dq_work, database, jobs):
@@ -582,7 +582,7 @@ def measure_scale(sizes):
             seen["database_cpu_s"],
             Job.objects.filter(finished_at__gt=datetime.fromtimestamp(work.started, UTC)).count(),
         ),
-        "jobs_per_claim": jobs_per_claim(work.started),
+        "jobs_per_end_write": jobs_per_end_write(work.started),
     }
     say(f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady")
     return {

@@ -22,11 +22,15 @@ from .conf import (
     number_problem,
 )
 from .models import Job
-from .results import backoff_of, result_of
+from .results import backoff_of, enqueued_result, result_of
 from .serialization import jsonable
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
+
+# How many task objects a backend remembers as validated and as the job their calls copy:
+# tasks are mostly module-level, but .using() makes new ones.
+TASKS_REMEMBERED = 256
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -157,7 +161,22 @@ class DQBackend(BaseTaskBackend):
         # OPTIONS are settings, untyped: dq.checks reports a database that is no alias.
         return cast(str, self.options.get("database", DEFAULT_DB_ALIAS))
 
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        # Per task object, by identity (equal tasks may differ: True == 1), each kept so its
+        # id is not reused: validated already, and the job its calls copy.
+        self._validated: dict[int, Task[..., Any]] = {}
+        self._templates: dict[int, tuple[Task[..., Any], Job]] = {}
+
     def validate_task(self, task: "Task[..., Any]") -> None:
+        if id(task) in self._validated:
+            return
+        self._check_task(task)
+        if len(self._validated) > TASKS_REMEMBERED:
+            self._validated.clear()
+        self._validated[id(task)] = task
+
+    def _check_task(self, task: "Task[..., Any]") -> None:
         super().validate_task(task)
         queue_name, longest = task.queue_name, Job._meta.get_field("queue_name").max_length
         assert longest is not None  # a CharField always has a max_length
@@ -214,7 +233,12 @@ class DQBackend(BaseTaskBackend):
         if not jobs:
             return []
         jobs = Job.enqueue(jobs, using=self.database)
-        results = [self.to_result(job, task) for job in jobs]
+        results = [
+            self.to_result(job, task)
+            if getattr(job, "duplicate", False)
+            else enqueued_result(job, task)
+            for job in jobs
+        ]
         for job, result in zip(jobs, results, strict=True):
             if not getattr(job, "duplicate", False):
                 task_enqueued.send(type(self), task_result=result)
@@ -224,21 +248,31 @@ class DQBackend(BaseTaskBackend):
         self, task: "Task[..., Any]", calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]
     ) -> list[Job]:
         """One unsaved job per ``(args, kwargs)`` call. Jobs of a task without concurrency
-        or unique keys differ only in their arguments: the first is built, the others are
-        copies of it with their own (building a model instance costs more than the rest of
-        a bulk enqueue)."""
+        or unique keys differ only in their arguments: they are copies, with their own, of
+        one job built for the task and kept (building a model instance costs more than the
+        rest of an enqueue)."""
         calls = list(calls)
         keyed = any(
             getattr(task, option, None) for option in ("concurrency_key", "unique", "unique_key")
         )
-        if keyed or len(calls) < 2:
+        if keyed:
             return [self.new_job(task, args, kwargs) for args, kwargs in calls]
-        first = self.new_job(task, *calls[0])
-        jobs = [first]
-        for args, kwargs in calls[1:]:
+        template = self.template_of(task)
+        jobs = []
+        for args, kwargs in calls:
             args, kwargs = self.arguments(task, args, kwargs)
-            jobs.append(first.copy_with(args=args, kwargs=kwargs))
+            jobs.append(template.copy_with(args=args, kwargs=kwargs))
         return jobs
+
+    def template_of(self, task: "Task[..., Any]") -> Job:
+        """The unsaved job the calls of ``task`` (without keys) copy."""
+        if id(task) in self._templates:
+            return self._templates[id(task)][1]
+        if len(self._templates) > TASKS_REMEMBERED:
+            self._templates.clear()
+        template = self.new_job(task, (), {})
+        self._templates[id(task)] = (task, template)
+        return template
 
     @staticmethod
     def arguments(

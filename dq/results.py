@@ -60,6 +60,26 @@ def result_of(
     return result
 
 
+def enqueued_result[**P, R](job: Job, task: "Task[P, R]") -> "TaskResult[P, R]":
+    """The TaskResult of ``job`` just enqueued from ``task``: nothing has run yet."""
+    result: TaskResult[P, R] = TaskResult(
+        task=task,
+        id=str(job.pk),
+        status=STATUS_OF_JOB[job.status],
+        enqueued_at=job.enqueued_at,
+        started_at=None,
+        finished_at=job.finished_at,  # set if it was cancelled at once (a full key)
+        last_attempted_at=None,
+        args=job.args,
+        kwargs=job.kwargs,
+        backend=task.backend,
+        errors=[],
+        worker_ids=[],
+    )
+    object.__setattr__(result, "_return_value", None)
+    return result
+
+
 def record_outcome(result: "TaskResult[..., Any]", job: Job) -> None:
     """Bring ``result`` (of a run of ``job``) up to the job as its end recorded it, in
     place, as Django's own backends do with the TaskResult of a run."""

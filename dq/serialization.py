@@ -22,12 +22,16 @@ def load_task(path: str) -> "Task[..., Any]":
     return task
 
 
+# One encoder for every check: json.dumps with an option builds a new one per call.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def jsonable(value: Any, what: str) -> Any:
     """``value`` as it will come back from the database's JSON; TypeError if it would not
     come back equal (dict keys must be strings, no NaN or infinity)."""
     try:
         normalized = normalize_json(value)
-        json.dumps(normalized, allow_nan=False)
+        _STRICT_JSON.encode(normalized)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{what} must be JSON-serializable: {error}") from None
     _check_storable(normalized, what)

@@ -42,7 +42,11 @@ def subprocess_env(options=None):
         )
     if connection.vendor == "sqlite" and not settings["OPTIONS"].get("transaction_mode"):
         env["DQ_TEST_SQLITE_DEFAULTS"] = "1"  # the sqlite_defaults_db fixture's database
-    env["DQ_TEST_OPTIONS"] = json.dumps(options or {})
+    options = dict(options or {})
+    # One worker process unless the test says otherwise: dq's default is one per CPU, and
+    # the tests count and kill workers (--processes on the command line still wins).
+    options["workers"] = [{"processes": 1, **group} for group in options.get("workers", [{}])]
+    env["DQ_TEST_OPTIONS"] = json.dumps(options)
     env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     env["PYTHONPATH"] = str(ROOT)
     return env

@@ -232,8 +232,12 @@ class PostgreSQLDatabase(Database):
         SQL type without a length (a cast to varchar(N) cuts a longer value silently, where
         the column's own check raises); the others as arrays, unnested in order."""
         columns = [column for column, _, _ in shared] + [column for column, _, _ in varying]
-        select = [f"%s::{sql_type}" for _, sql_type, _ in shared]
-        params = [value for _, _, value in shared]
+        # A column every job leaves NULL is written NULL: a parameter less to send and bind.
+        select = [
+            f"NULL::{sql_type}" if value is None else f"%s::{sql_type}"
+            for _, sql_type, value in shared
+        ]
+        params = [value for _, _, value in shared if value is not None]
         source = ""
         if varying:
             names = [f"v{n}" for n in range(len(varying))]

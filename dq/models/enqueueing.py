@@ -15,6 +15,24 @@ from ..db import database
 if TYPE_CHECKING:
     from .job import Job
 
+
+def _prepared(field: "Field[Any, Any]", value: Any, connection: BaseDatabaseWrapper) -> Any:
+    """``value`` of ``field`` as the database takes it. A task's jobs share their options'
+    values: those of the plain kinds are prepared once (per database vendor)."""
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float):
+        return field.get_db_prep_save(value, connection)
+    key = (connection.vendor, field.attname, type(value), value)
+    if key not in _PREPARED:
+        if len(_PREPARED) > 4096:
+            _PREPARED.clear()
+        _PREPARED[key] = field.get_db_prep_save(value, connection)
+    return _PREPARED[key]
+
+
+_PREPARED: dict[tuple[str, str, type, Any], Any] = {}
+
 # The fields an insert writes with their SQL types (Enqueueing.inserted_columns), per vendor.
 _INSERTED_COLUMNS: "dict[str, list[tuple[Field[Any, Any], str]]]" = {}
 
@@ -79,9 +97,10 @@ class Enqueueing:
         shared, varying = [], []
         for field, sql_type in cls.inserted_columns(connection):
             column = cast(str, field.column)  # a concrete field has one
-            values = [getattr(job, field.attname) for job in jobs]
-            if all(value is values[0] for value in values):
-                shared.append((column, sql_type, field.get_db_prep_save(values[0], connection)))
+            first = getattr(jobs[0], field.attname)
+            values = [getattr(job, field.attname) for job in jobs] if len(jobs) > 1 else [first]
+            if all(value is first for value in values):
+                shared.append((column, sql_type, _prepared(field, first, connection)))
             else:
                 prepared = [field.get_db_prep_save(value, connection) for value in values]
                 varying.append((column, sql_type, prepared))

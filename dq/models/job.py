@@ -85,8 +85,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     on_conflict = models.CharField(
         max_length=10, choices=OnConflict, default=OnConflict.BLOCK, blank=True
     )
-    # Uniqueness: set while the job has not finished (and unique_for seconds after).
-    unique_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # Uniqueness: set while the job has not finished (and unique_for seconds after); NULL,
+    # not "", for the jobs without one: the unique constraint holds many NULLs.
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     unique_for = models.FloatField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
@@ -104,6 +105,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
             # Jobs ended per minute (the admin's activity chart).
             models.Index(fields=["finished_at"], name="dq_job_finished_at"),
         ]
+        # A constraint, not unique=True: on PostgreSQL that would add an index for LIKE,
+        # which no query of dq's uses and every job's insert and end would write.
+        constraints = [models.UniqueConstraint(fields=["unique_key"], name="dq_job_unique_key")]
         permissions = [
             ("retry_job", "Can retry failed jobs"),
             ("discard_job", "Can discard jobs that are not running"),

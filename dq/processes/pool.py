@@ -2,7 +2,7 @@
 
 import collections
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from ..models import Job
 
@@ -22,10 +22,10 @@ class Buffer:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def put(self, jobs: Iterable[Job]) -> None:
+    def put(self, jobs: list[Job]) -> None:
         with self._changed:
             self._jobs.extend(jobs)
-            self._changed.notify_all()
+            self._changed.notify(len(jobs))  # as many threads as there are jobs, no more
 
     def take(self) -> Job | None:
         """The next job, or None once the buffer is closed."""
@@ -50,7 +50,7 @@ class Buffer:
 
 
 class Pool:
-    """A fixed set of threads, each known by its slot number, that run the jobs they take
+    """A fixed set of threads, each known by its number, that run the jobs they take
     from a buffer until it closes."""
 
     def __init__(self, threads: int, buffer: Buffer, run: Callable[[Job, int], None]) -> None:
@@ -58,12 +58,14 @@ class Pool:
         self._buffer = buffer
         self._run = run
         self._threads = [
-            threading.Thread(target=self._serve, args=(slot,), name=f"dq-job-{slot}", daemon=True)
-            for slot in range(threads)
+            threading.Thread(
+                target=self._serve, args=(number,), name=f"dq-job-{number}", daemon=True
+            )
+            for number in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    def _serve(self, slot: int) -> None:
+    def _serve(self, number: int) -> None:
         while (job := self._buffer.take()) is not None:
-            self._run(job, slot)
+            self._run(job, number)

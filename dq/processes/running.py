@@ -93,6 +93,7 @@ class Run:
     task: "Task[..., Any] | None" = None
     backend: BaseTaskBackend | None = None
     began: float = 0.0  # time.monotonic() when it started
+    slot: int | None = None  # on the board, from its start until its end is written
 
 
 class Running(Runnable):
@@ -104,40 +105,39 @@ class Running(Runnable):
     board: RunBoard
     writes: Writes
     jobs_started: int
-    # Per pool thread (by slot): database_errors when it last ran a job, and when that was.
+    # Per pool thread (by number): database_errors when it last ran a job, and when.
     connection_errors: dict[int, int]
     connection_used: dict[int, float]
 
-    def perform(self, job: Job, slot: int) -> None:
-        """Run one claimed job in pool thread ``slot`` and record how it ended: an
+    def perform(self, job: Job, thread: int) -> None:
+        """Run one claimed job in pool thread number ``thread`` and record how it ended: an
         at_least_once run's end is handed to the main loop (which writes and announces it),
         the others' are written before the thread goes on."""
         connection = connections[self.database]
-        last_used = self.connection_used.get(slot, 0.0)
+        last_used = self.connection_used.get(thread, 0.0)
         suspect = (
-            self.connection_errors.get(slot, 0) != self.database_errors
+            self.connection_errors.get(thread, 0) != self.database_errors
             or time.monotonic() - last_used > CHECK_CONNECTION_AFTER
         )
         if suspect and connection.connection is not None and not connection.is_usable():
             connection.close()
-        self.connection_errors[slot] = self.database_errors
+        self.connection_errors[thread] = self.database_errors
         run = self.runs.setdefault(job.claim_id, Run(job))
         self.jobs_started += 1
         try:
-            self._perform(job, run, slot)
+            self._perform(job, run)
         except Exception:
             logger.exception(
                 "%s: could not record the end of job %s", self.name, job.pk, extra=job_fields(job)
             )
-            self.runs.pop(job.claim_id, None)
+            self.forget(job.claim_id)
         finally:
-            self.board.idle(slot)
             connection = connections[self.database]
             if connection.errors_occurred and not connection.is_usable():
                 connection.close()
-            self.connection_used[slot] = time.monotonic()
+            self.connection_used[thread] = time.monotonic()
 
-    def _perform(self, job: Job, run: Run, slot: int) -> None:
+    def _perform(self, job: Job, run: Run) -> None:
         task = backend = None
         run.began = time.monotonic()
         if job.timeout:
@@ -146,7 +146,7 @@ class Running(Runnable):
         if at_least_once:
             # Its start is written later with its end, or once it has run a while; if this
             # process dies first, its supervisor reads the board.
-            self.board.running(slot, job.claim_id)
+            run.slot = self.board.began(job.claim_id)
             run.running = True
         # (A job claimed by a worker driven in-process may have its start recorded.)
         if job.status != Job.Status.RUNNING:
@@ -154,13 +154,13 @@ class Running(Runnable):
             job.status = Job.Status.RUNNING
             try:
                 if not self.writes.start(job, wait=not at_least_once):
-                    self.runs.pop(job.claim_id, None)
+                    self.forget(job.claim_id)
                     self.announce(job, None, run, None)
                     return
             except WriteAbandoned:  # never started: it goes back to ready
                 return
         if not at_least_once:
-            self.board.running(slot, job.claim_id)
+            run.slot = self.board.began(job.claim_id)
             run.running = True
         exactly_once = job.delivery == Job.Delivery.EXACTLY_ONCE
         try:
@@ -186,7 +186,7 @@ class Running(Runnable):
                     using=self.database,
                 )
             recorded = self.record_end(end)
-            self.runs.pop(job.claim_id, None)
+            self.forget(job.claim_id)
             # Announced while the error is handled: a receiver of task_finished that logs
             # (Django's own) logs its traceback.
             self.announce(job, recorded, run, error)
@@ -205,8 +205,14 @@ class Running(Runnable):
                     extra=job_fields(job),
                 )
                 return
-        self.runs.pop(job.claim_id, None)
+        self.forget(job.claim_id)
         self.announce(job, job if ended else None, run, None)
+
+    def forget(self, claim_id: int) -> None:
+        """The run of ``claim_id`` is over here: its end written, or taken over."""
+        run = self.runs.pop(claim_id, None)
+        if run is not None:
+            self.board.recorded(run.slot)
 
     def announce_end(self, job: Job, recorded: bool) -> None:
         """Announce the end of an at_least_once run, written by the main loop."""

@@ -20,7 +20,7 @@ from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import Process
 from .base import HANDLED_SIGNALS, Role, Runnable, StopMode, database_retry_delay
-from .board import RunBoard
+from .board import RunBoard, board_slots
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .worker import Worker
@@ -35,7 +35,7 @@ KILL_GRACE = 5.0
 class Child:
     description: str
     build: Callable[..., Role]  # (supervisor_pid=, supervisor_id=, [board=]) -> Role
-    threads: int = 0  # a worker's: it gets a board of that many slots
+    board_slots: int = 0  # a worker's: it gets a board of that many slots
 
 
 def describe_exit(status: int) -> str:
@@ -71,7 +71,7 @@ class Supervisor(Runnable):
                         f"worker ({worker_config.threads} threads, "
                         f"queues {','.join(worker_config.queues)})",
                         partial(Worker, self.config, worker_config),
-                        threads=worker_config.threads,
+                        board_slots=board_slots(worker_config.threads, worker_config.prefetch),
                     )
                 )
         for _ in range(self.config.dispatcher.processes):
@@ -123,7 +123,7 @@ class Supervisor(Runnable):
         connections.close_all()  # a forked child must never share the parent's sockets
         # Signals wait until the child has its own handlers (it unblocks them then).
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        board = RunBoard(child.threads) if child.threads else None
+        board = RunBoard(child.board_slots) if child.board_slots else None
         pid = os.fork()
         if pid == 0:
             os._exit(self._run_child(child, board))

@@ -21,7 +21,7 @@ from ..models import ClaimedExecution, Job, Process, ReadyExecution
 from ..queues import QueueSelector, serves
 from .base import Role, StopMode, database_retry_delay
 from .batching import WriteAbandoned, Writes
-from .board import RunBoard
+from .board import RunBoard, board_slots
 from .pool import Buffer, Pool
 from .running import Run, Running, job_fields
 
@@ -68,7 +68,7 @@ class Worker(Running, Role):
         self.polling_interval = (
             worker_config.polling_interval or database(self.database).polling_interval
         )
-        self.board = board or RunBoard(self.threads)
+        self.board = board or RunBoard(board_slots(self.threads, worker_config.prefetch))
         self.buffer = Buffer(low=self.threads, on_low=self.wakeup.set)
         self.writes = Writes(self.wakeup.set)
         self.pool: Pool | None = None
@@ -164,7 +164,7 @@ class Worker(Running, Role):
         for write in ends:
             if write.done is None:  # the thread that ran it went on: announce it here
                 self.announce_end(write.job, write.job.claim_id in ended)
-            self.runs.pop(write.job.claim_id, None)
+            self.forget(write.job.claim_id)
         if selector is None and limit:  # one claim statement serves one selector
             claimed = ReadyExecution.claim(
                 self.queues, limit, self.process, backend=self.config.backend, using=self.database
@@ -322,7 +322,7 @@ class Worker(Running, Role):
                 using=self.database,
             )
         for job in left:
-            self.runs.pop(job.claim_id, None)
+            self.forget(job.claim_id)
 
     def flush_waiting_out_errors(self, deadline: float) -> None:
         """``flush``, retried after database errors until ``deadline`` (while stopping)."""

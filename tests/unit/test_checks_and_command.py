@@ -231,10 +231,19 @@ def test_load_returns_the_defaults():
 
     assert config.backend == "default"
     assert config.database == "default"
-    assert [(w.processes, w.threads, w.queues) for w in config.workers] == [(1, 5, ("*",))]
+    cpus = conf.default_worker_processes()
+    assert [(w.processes, w.threads, w.queues) for w in config.workers] == [(cpus, 5, ("*",))]
     assert config.dispatcher.processes == 1
     assert config.alive_threshold > config.heartbeat_interval > 0
     assert config.max_interruptions == 3
+
+
+@pytest.mark.parametrize(("cpus", "processes"), [(1, 1), (2, 2), (3, 3), (16, 4)])
+def test_dq_work_starts_a_worker_process_per_cpu_up_to_four(monkeypatch, cpus, processes):
+    monkeypatch.setattr(conf.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    with override_settings(TASKS=tasks_with({})):
+        [worker] = conf.load("default").workers
+    assert worker.processes == processes
 
 
 def test_load_reads_the_options():
@@ -249,7 +258,7 @@ def test_load_reads_the_options():
         config = conf.load("default")
 
     assert [(w.processes, w.threads, w.queues) for w in config.workers] == [
-        (1, 2, ("a", "mail*")),
+        (conf.default_worker_processes(), 2, ("a", "mail*")),
         (0, 5, ("b",)),
     ]
     assert config.dispatcher.batch_size == 50
@@ -275,7 +284,10 @@ def test_with_worker_overrides_replaces_the_worker_groups():
     assert [(w.processes, w.threads, w.queues) for w in overridden.workers] == [(3, 2, ("a", "b*"))]
     assert overridden.dispatcher == config.dispatcher
     only_threads = config.with_worker_overrides(threads=4)
-    assert [(w.processes, w.threads, w.queues) for w in only_threads.workers] == [(1, 4, ("*",))]
+    default = conf.default_worker_processes()
+    assert [(w.processes, w.threads, w.queues) for w in only_threads.workers] == [
+        (default, 4, ("*",))
+    ]
     assert config.with_worker_overrides() == config
     with pytest.raises(ConfigurationError, match="threads"):
         config.with_worker_overrides(threads=0)
