@@ -33,7 +33,13 @@ from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks import ceiling, tasks  # noqa: E402
-from benchmarks.peers.figures import drain_rates, latency_figures, percentile  # noqa: E402
+from benchmarks.peers.figures import (  # noqa: E402
+    drain_rates,
+    latency_figures,
+    percentile,
+    processes_of,
+)
+from dq.conf import default_worker_processes  # noqa: E402
 from dq.models import ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
 from dq.queues import QueueSelector  # noqa: E402
 
@@ -61,7 +67,10 @@ class Sizes:
     ceiling_connections: int
 
 
-DEFAULTS = "defaults (1 process x 5 threads)"
+DEFAULT_PROCESSES = default_worker_processes()
+DEFAULTS = (
+    f"defaults ({DEFAULT_PROCESSES} process{'es' if DEFAULT_PROCESSES > 1 else ''} x 5 threads)"
+)
 ONE_THREAD = ("--processes 1 --threads 1", ("--processes", "1", "--threads", "1"))
 TWO_BY_TEN = ("--processes 2 --threads 10", ("--processes", "2", "--threads", "10"))
 FULL = Sizes(
@@ -367,6 +376,7 @@ def measure_drain(size, label, args):
     result = {
         "setting": label,
         "args": list(args),
+        "processes": processes_of(args) or DEFAULT_PROCESSES,
         **rates(size, work.started, finish_times(size, after=work.started)),
         **cpu_per_job(cpu, seen["database_cpu_s"], size),
         "jobs_per_end_write": jobs_per_end_write(work.started),

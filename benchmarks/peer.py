@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.peers.figures import processes_of
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
 VENV = BENCH / "peers" / "venv"
@@ -63,14 +65,6 @@ def venv_python():
         sys.exit(f"dev bench: setting up {VENV} failed ({error}); see above")
     STAMP.write_text(stamp)
     return python
-
-
-def processes_of(args):
-    """The ``--processes`` of dq_work arguments; None when they do not set it."""
-    args = list(args)
-    if "--processes" in args[:-1]:
-        return int(args[args.index("--processes") + 1])
-    return None
 
 
 def drains(sizes):
@@ -194,15 +188,18 @@ def table(results):
     )
 
     def dq_drain(size, processes):
-        for drain in dq["drain"]:
-            args = drain["args"]
-            if drain["jobs"] != size:
-                continue
-            if processes == 1 and not args:
-                return drain, drain["setting"]
-            if processes == 2 and processes_of(args) == 2:
-                return drain, drain["setting"]
-        return None, None
+        """dq's drain of ``size`` beside pgqueuer's with ``processes``: pgqueuer's default
+        (one process) beside dq's defaults; two beside dq's explicit two processes, or
+        else beside its defaults when those are two (on two CPUs)."""
+        mine = [drain for drain in dq["drain"] if drain["jobs"] == size]
+        defaults = [drain for drain in mine if not drain["args"]]
+        if processes == 1:
+            chosen = defaults
+        else:
+            chosen = [d for d in mine if processes_of(d["args"]) == processes] or [
+                d for d in defaults if d.get("processes") == processes
+            ]
+        return (chosen[0], chosen[0]["setting"]) if chosen else (None, None)
 
     def dq_label(setting):
         return "dq defaults" if setting and setting.startswith("defaults") else f"dq {setting}"

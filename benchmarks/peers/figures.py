@@ -4,6 +4,14 @@ Python: the peers' scripts run without Django)."""
 import math
 
 
+def processes_of(args):
+    """The ``--processes`` of dq_work arguments; None when they do not set it."""
+    args = list(args)
+    if "--processes" in args[:-1]:
+        return int(args[args.index("--processes") + 1])
+    return None
+
+
 def percentile(ordered, p):
     """Nearest-rank percentile of an ascending list."""
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
