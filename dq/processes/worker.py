@@ -80,6 +80,7 @@ class Worker(Running, Role):
         self.connection_used: dict[int, float] = {}
         self.end_rate = 0.0  # runs ended per second, recently
         self.last_flush = time.monotonic()
+        self.more_ready = False  # the last claim took all it asked for: more may wait
         self.next_claims_audit = 0.0
         self.recycling: str | None = None  # why this worker is stopping to be replaced
 
@@ -109,7 +110,7 @@ class Worker(Running, Role):
         claimed = self.flush()
         self.check_recycling()
         now = time.monotonic()
-        if self.writes.due_now() or (claimed and len(self.buffer) < self.buffer.low):
+        if self.writes.due_now() or (self.more_ready and len(self.buffer) < self.buffer.low):
             return 0
         delays = [self.polling_interval if not claimed else 1.0]
         if (due := self.writes.next_due()) is not None:
@@ -139,6 +140,7 @@ class Worker(Running, Role):
         # Claimed when the buffer runs low, many at a time; the runs ending free places.
         low = claim and len(self.buffer) < self.buffer.low
         limit = self.wanted(len(ends)) if low else 0
+        self.more_ready = False
         if not (starts or ends or limit):
             return 0
         assert self.process is not None
@@ -170,6 +172,7 @@ class Worker(Running, Role):
                 self.queues, limit, self.process, backend=self.config.backend, using=self.database
             )
             self.track(claimed)
+        self.more_ready = bool(limit) and len(claimed) >= limit
         return len(claimed)
 
     def track(self, claimed: list[Job]) -> None:
