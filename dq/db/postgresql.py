@@ -279,6 +279,7 @@ SELECT job.id FROM job {notify} ORDER BY job.id
             return Returned([column[0] for column in cursor.description], cursor.fetchall())
 
 
+@functools.cache
 def flush_statement(*, ends: bool, starts: bool, claim: tuple[str, int] | None) -> str:
     """A flush's statement: its parts (ends, starts, a claim of ``(where, limit)``), each
     a few common table expressions, and their rows back. Its parameters: the ends' (claim

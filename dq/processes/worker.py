@@ -69,7 +69,7 @@ class Worker(Running, Role):
             worker_config.polling_interval or database(self.database).polling_interval
         )
         self.board = board or RunBoard(board_slots(self.threads, worker_config.prefetch))
-        self.buffer = Buffer(low=self.threads, on_low=self.wakeup.set)
+        self.buffer = Buffer(low=self.threads, on_low=self.buffer_low)
         self.writes = Writes(self.wakeup.set)
         self.pool: Pool | None = None
         self.listener: Listener | None = None
@@ -174,6 +174,13 @@ class Worker(Running, Role):
             self.track(claimed)
         self.more_ready = bool(limit) and len(claimed) >= limit
         return len(claimed)
+
+    def buffer_low(self) -> None:
+        """A thread took a job and left the buffer low: claim more, if more may be ready
+        (else a notification or the next poll finds them; an idle worker woken for one
+        job must not send an empty claim while that job starts)."""
+        if self.more_ready:
+            self.wakeup.set()
 
     def track(self, claimed: list[Job]) -> None:
         """Hold jobs just claimed as runs of this worker, buffered for its threads."""
