@@ -19,9 +19,9 @@ from . import checks
 from .conf import (
     DEFAULT_CONCURRENCY_DURATION,
     exponential_backoff,  # noqa: F401 - part of the public surface
-    number_problem,
 )
 from .models import Job
+from .problems import number_problem
 from .results import backoff_of, enqueued_result, result_of
 from .serialization import jsonable
 

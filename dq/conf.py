@@ -1,4 +1,5 @@
-"""dq's settings: defaults in one place, and the parsing of a backend's OPTIONS.
+"""dq's settings: defaults in one place, and the parsing of a backend's OPTIONS (that of
+its recurring tasks in ``dq.schedules``; what a setting got wrong in ``dq.problems``).
 
 Options are read from ``settings.TASKS[alias]["OPTIONS"]`` once, when first asked
 for, and again whenever ``override_settings`` changes TASKS or DATABASES.
@@ -7,12 +8,10 @@ for, and again whenever ``override_settings`` changes TASKS or DATABASES.
 import functools
 import os
 import random
-import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Self, cast
 
-from croniter import croniter
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
@@ -20,7 +19,9 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from .exceptions import ConfigurationError
+from .problems import Problem, number_problem, parse_section
 from .queues import ALL_QUEUES, QueueSelector
+from .schedules import RecurringConfig, parse_recurring
 
 DEFAULT_WORKER_THREADS = 5
 # Worker processes with no settings: one per CPU this process may run on, at most this
@@ -126,24 +127,6 @@ class Configuration:
         return replace(self, workers=(worker,))
 
 
-@dataclass(frozen=True, slots=True)
-class RecurringConfig:
-    task: str
-    schedule: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    queue_name: str | None = None
-    priority: int | None = None
-    description: str = ""
-    timezone: str | None = None  # None: settings.TIME_ZONE
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    id: str
-    message: str
-
-
 _TOP_LEVEL_KEYS = {
     "database",
     "workers",
@@ -157,16 +140,6 @@ _TOP_LEVEL_KEYS = {
     "keep_failed",
     "recurring",
     "scheduler",
-}
-_RECURRING_KEYS = {
-    "task",
-    "schedule",
-    "args",
-    "kwargs",
-    "queue_name",
-    "priority",
-    "description",
-    "timezone",
 }
 _WORKER_KEYS = {
     "queues",
@@ -253,7 +226,7 @@ def parse(alias: str, options: object) -> tuple[Configuration, list[Problem]]:
         )
 
     workers = _parse_workers(options.get("workers"), problems)
-    dispatcher = _parse_section(
+    dispatcher = parse_section(
         options.get("dispatchers", {}), DispatcherConfig, _DISPATCHER_KEYS, "dispatchers", problems
     )
     if dispatcher is not None:
@@ -280,7 +253,7 @@ def parse(alias: str, options: object) -> tuple[Configuration, list[Problem]]:
         numbers[key] = options.get(key, default)
         if numbers[key] is not None:
             _check_positive(numbers[key], key, problems)
-    recurring = _parse_recurring(options.get("recurring", {}), problems)
+    recurring = parse_recurring(options.get("recurring", {}), problems)
     scheduler = options.get("scheduler", True)
     if not isinstance(scheduler, bool):
         problems.append(Problem("dq.E002", f"scheduler must be True or False, not {scheduler!r}."))
@@ -319,7 +292,7 @@ def _parse_workers(value: object, problems: list[Problem]) -> tuple[WorkerConfig
         return ()
     workers = []
     for index, section in enumerate(value):
-        worker = _parse_section(section, WorkerConfig, _WORKER_KEYS, f"workers[{index}]", problems)
+        worker = parse_section(section, WorkerConfig, _WORKER_KEYS, f"workers[{index}]", problems)
         if worker is not None:
             queues: object = worker.queues  # as the settings gave it, not checked yet
             if not isinstance(queues, str) and not (
@@ -332,48 +305,6 @@ def _parse_workers(value: object, problems: list[Problem]) -> tuple[WorkerConfig
             _check_worker(worker, f"workers[{index}]", problems)
             workers.append(worker)
     return tuple(workers)
-
-
-def _parse_recurring(value: object, problems: list[Problem]) -> dict[str, RecurringConfig]:
-    if not isinstance(value, dict):
-        problems.append(Problem("dq.E002", "OPTIONS['recurring'] must be a dict of key -> task."))
-        return {}
-    recurring = {}
-    for key, section in value.items():
-        where = f"recurring[{key!r}]"
-        if not isinstance(section, dict) or not {"task", "schedule"} <= set(section):
-            problems.append(
-                Problem("dq.E006", f"{where} must be a dict with 'task' and 'schedule'.")
-            )
-            continue
-        entry = _parse_section(section, RecurringConfig, _RECURRING_KEYS, where, problems)
-        if entry is None:
-            continue
-        if (
-            not isinstance(entry.schedule, str)
-            # Five fields or an alias such as "@hourly"; not croniter's seconds or years.
-            or len(entry.schedule.split()) != (1 if entry.schedule.startswith("@") else 5)
-            or not croniter.is_valid(entry.schedule)
-        ):
-            problems.append(
-                Problem(
-                    "dq.E006",
-                    f"{where}: schedule {entry.schedule!r} is not a valid cron expression "
-                    "(five fields, e.g. '0 3 * * *', or an alias such as '@hourly').",
-                )
-            )
-        if not isinstance(entry.args, list) or not isinstance(entry.kwargs, dict):
-            # The fields hold the settings' values, not checked yet.
-            problems.append(Problem("dq.E002", f"{where}: args must be a list, kwargs a dict."))  # type: ignore[unreachable]
-        if entry.timezone is not None:
-            try:
-                zoneinfo.ZoneInfo(entry.timezone)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-                problems.append(
-                    Problem("dq.E006", f"{where}: unknown timezone {entry.timezone!r}.")
-                )
-        recurring[key] = entry
-    return recurring
 
 
 def _check_worker(worker: WorkerConfig, where: str, problems: list[Problem]) -> None:
@@ -404,38 +335,8 @@ def _check_selectors(selectors: Sequence[str], where: str, problems: list[Proble
         )
 
 
-def _parse_section[C](
-    section: object, config_class: type[C], keys: set[str], where: str, problems: list[Problem]
-) -> C | None:
-    if not isinstance(section, dict):
-        problems.append(Problem("dq.E002", f"OPTIONS['{where}'] must be a dict."))
-        return None
-    unknown = sorted(set(section) - keys)
-    for key in unknown:
-        problems.append(
-            Problem("dq.E001", f"Unknown option {where}.{key}; known: {', '.join(sorted(keys))}.")
-        )
-    return config_class(**{k: v for k, v in section.items() if k in keys})
-
-
 def _check_positive(
     value: object, name: str, problems: list[Problem], *, integer: bool = False, zero: bool = False
 ) -> None:
     if problem := number_problem(value, name, integer=integer, zero=zero):
         problems.append(Problem("dq.E002", problem))
-
-
-def number_problem(
-    value: object, name: str, *, integer: bool = False, zero: bool = False, unit: str = ""
-) -> str | None:
-    """None when ``value`` is a number > 0 (>= 0 with ``zero``; a whole one with
-    ``integer``), else the sentence that says what ``name`` must be."""
-    kinds = int if integer else int | float
-    if (
-        isinstance(value, kinds)
-        and not isinstance(value, bool)
-        and (value >= 0 if zero else value > 0)
-    ):
-        return None
-    expected = "a whole number" if integer else f"a number{unit}"
-    return f"{name} must be {expected} {'>=' if zero else '>'} 0, not {value!r}."

@@ -12,7 +12,15 @@ DQ = Path(__file__).resolve().parents[2] / "dq"
 
 # Lower layers first; a module may import its own layer's modules and lower layers'.
 LAYERS = [
-    {"dq.conf", "dq.exceptions", "dq.queues", "dq.serialization", "dq.apps"},
+    {
+        "dq.conf",
+        "dq.exceptions",
+        "dq.queues",
+        "dq.serialization",
+        "dq.apps",
+        "dq.problems",
+        "dq.schedules",
+    },
     {"dq.db"},
     {"dq.models"},
     {"dq.stats", "dq.checks", "dq.results"},
