@@ -80,7 +80,8 @@ class Worker(Running, Role):
         self.connection_used: dict[int, float] = {}
         self.end_rate = 0.0  # runs ended per second, recently
         self.last_flush = time.monotonic()
-        self.more_ready = False  # the last claim took all it asked for: more may wait
+        # The last claim took all it asked for: more may be ready (so far: nothing known).
+        self.more_ready = True
         self.next_claims_audit = 0.0
         self.recycling: str | None = None  # why this worker is stopping to be replaced
 
@@ -140,7 +141,6 @@ class Worker(Running, Role):
         # Claimed when the buffer runs low, many at a time; the runs ending free places.
         low = claim and len(self.buffer) < self.buffer.low
         limit = self.wanted(len(ends)) if low else 0
-        self.more_ready = False
         if not (starts or ends or limit):
             return 0
         assert self.process is not None
@@ -172,7 +172,8 @@ class Worker(Running, Role):
                 self.queues, limit, self.process, backend=self.config.backend, using=self.database
             )
             self.track(claimed)
-        self.more_ready = bool(limit) and len(claimed) >= limit
+        if limit:  # a flush that claimed nothing learned nothing of what is ready
+            self.more_ready = len(claimed) >= limit
         return len(claimed)
 
     def buffer_low(self) -> None:

@@ -398,6 +398,23 @@ def test_the_main_loop_claims_ahead_when_the_buffer_runs_low(db):
     assert Job.objects.filter(status=Job.Status.READY).count() == 4  # none of them started
 
 
+def test_a_flush_that_claims_nothing_keeps_what_the_last_claim_learned(db):
+    """A flush that only writes ends (the buffer still full) must not forget that more
+    jobs are ready: the threads that empty the buffer wake the main loop to claim them
+    (else the worker idled until its next poll, 2 s on PostgreSQL, with jobs waiting)."""
+    add.enqueue_many([((n, n), {}) for n in range(100)])
+    worker = InProcessWorker().worker
+    worker.end_rate = 1000.0
+    assert worker.flush() == worker.threads + 50 and worker.more_ready  # a full claim
+
+    job = worker.buffer.take()
+    worker.perform(job, 0)
+    assert worker.flush() == 0  # its end written; the buffer is not low: no claim
+
+    assert Job.objects.get(pk=job.pk).status == Job.Status.SUCCESSFUL
+    assert worker.more_ready
+
+
 def test_a_worker_without_a_rate_claims_for_its_threads_only(db):
     for n in range(8):
         add.enqueue(n, n)
