@@ -198,7 +198,7 @@ class Database:
         return Flushed(started, ended, claimed)
 
     def _start(self, starts: dict[int, datetime]) -> set[int]:
-        ops = self.connection.ops
+        adapt = self.connection.ops.adapt_datetimefield_value
         with self.cursor() as cursor:
             claim_ids = list(starts)
             cursor.execute(
@@ -207,15 +207,21 @@ class Database:
                 claim_ids,
             )
             found = cursor.fetchall()
-            for claim_id, job_id, _ in (row for row in found if row[2] is None):
-                at = ops.adapt_datetimefield_value(starts[claim_id])
+            first = [(claim_id, job_id) for claim_id, job_id, at in found if at is None]
+            if first:
+                by_claim = _case([(c, adapt(starts[c])) for c, _ in first])
+                by_job = _case([(j, adapt(starts[c])) for c, j in first])
+                claims, jobs = [c for c, _ in first], [j for _, j in first]
                 cursor.execute(
-                    f"UPDATE {CLAIMED} SET started_at = %s WHERE id = %s", [at, claim_id]
+                    f"UPDATE {CLAIMED} SET started_at = {by_claim.sql} "
+                    f"WHERE id IN ({_marks(claims)})",
+                    [*by_claim.params, *claims],
                 )
                 cursor.execute(
                     f"UPDATE {JOBS} SET status = 'running', attempt_count = attempt_count + 1, "
-                    "started_at = COALESCE(started_at, %s), last_attempted_at = %s WHERE id = %s",
-                    [at, at, job_id],
+                    f"started_at = COALESCE(started_at, {by_job.sql}), "
+                    f"last_attempted_at = {by_job.sql} WHERE id IN ({_marks(jobs)})",
+                    [*by_job.params, *by_job.params, *jobs],
                 )
         return {claim_id for claim_id, _, _ in found}
 
@@ -239,27 +245,38 @@ class Database:
                 f"SELECT id, attempts FROM {JOBS} WHERE id IN ({_marks(job_ids)})", job_ids
             )
             attempts = {job_id: _json(value) for job_id, value in cursor.fetchall()}
-            when = ops.adapt_datetimefield_value(now)
-            for claim_id, job_id, recorded_start in ended:
-                end = ends[claim_id]
-                attempt = attempt_record(worker_id, end.started_at, now)
-                began = ops.adapt_datetimefield_value(end.started_at)
-                cursor.execute(
-                    f"UPDATE {JOBS} SET status = 'successful', finished_at = %s, attempts = %s, "
-                    "return_value = %s, attempt_count = attempt_count + %s, "
-                    "started_at = COALESCE(started_at, %s), last_attempted_at = %s, "
-                    "unique_key = CASE WHEN unique_for IS NULL THEN NULL ELSE unique_key END "
-                    "WHERE id = %s",
-                    [
-                        when,
-                        ops.adapt_json_value([*attempts[job_id], attempt], None),
-                        ops.adapt_json_value(end.return_value, None),
-                        0 if recorded_start is not None else 1,
-                        began,
-                        began,
-                        job_id,
-                    ],
-                )
+            runs = [(job_id, ends[claim_id], recorded) for claim_id, job_id, recorded in ended]
+            history = _case(
+                [
+                    (
+                        j,
+                        ops.adapt_json_value(
+                            [*attempts[j], attempt_record(worker_id, e.started_at, now)], None
+                        ),
+                    )
+                    for j, e, _ in runs
+                ]
+            )
+            value = _case([(j, ops.adapt_json_value(e.return_value, None)) for j, e, _ in runs])
+            counted = _case([(j, 0 if recorded is not None else 1) for j, _, recorded in runs])
+            began = _case([(j, ops.adapt_datetimefield_value(e.started_at)) for j, e, _ in runs])
+            cursor.execute(
+                f"UPDATE {JOBS} SET status = 'successful', finished_at = %s, "
+                f"attempts = {history.sql}, return_value = {value.sql}, "
+                f"attempt_count = attempt_count + {counted.sql}, "
+                f"started_at = COALESCE(started_at, {began.sql}), last_attempted_at = {began.sql}, "
+                "unique_key = CASE WHEN unique_for IS NULL THEN NULL ELSE unique_key END "
+                f"WHERE id IN ({_marks(job_ids)})",
+                [
+                    ops.adapt_datetimefield_value(now),
+                    *history.params,
+                    *value.params,
+                    *counted.params,
+                    *began.params,
+                    *began.params,
+                    *job_ids,
+                ],
+            )
         return {claim_id for claim_id, _, _ in ended}
 
     def insert_jobs(
@@ -362,6 +379,21 @@ class Database:
                 if returning:
                     ids.append(self.connection.ops.last_insert_id(cursor, table, "id"))
         return ids
+
+
+class Case(NamedTuple):
+    """``CASE id WHEN ... THEN ... END``: a value per row of one UPDATE, and its params."""
+
+    sql: str
+    params: list[Any]
+
+
+def _case(values: Sequence[tuple[int, Any]]) -> Case:
+    """The CASE giving each id (``(id, value)`` pairs) its own value."""
+    return Case(
+        f"CASE id {' '.join(['WHEN %s THEN %s'] * len(values))} END",
+        [item for pair in values for item in pair],
+    )
 
 
 def _marks(values: Sequence[Any]) -> str:

@@ -271,13 +271,6 @@ SELECT job.id FROM job {notify} ORDER BY job.id
             cursor.execute(sql, [*params, now, *notify_params])
             return [pk for (pk,) in cursor.fetchall()]
 
-    def _returning(self, sql: str, params: list[Any]) -> Returned:
-        """Run one of dq's statements whose rows are ``claim_id`` then every column of
-        the job."""
-        with self.cursor() as cursor:
-            cursor.execute(sql, params)
-            return Returned([column[0] for column in cursor.description], cursor.fetchall())
-
 
 @functools.cache
 def flush_statement(*, ends: bool, starts: bool, claim: tuple[str, int] | None) -> str:

@@ -44,10 +44,6 @@ class Writes:
         # its write makes it itself with this.
         self.write_now: Callable[[], object] | None = None
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._starts) + len(self._ends)
-
     def start(self, job: Job, *, wait: bool) -> bool:
         """Record that ``job``'s run began (at its ``last_attempted_at``). Waited for: written
         at the next flush, and False if the claim was taken over; else written once the

@@ -145,12 +145,14 @@ class Worker(Running, Role):
             return 0
         assert self.process is not None
         selector = self.queues[0] if len(self.queues) == 1 else None
-        wanted = Claim(selector, limit, self.config.backend, self.process.pk) if selector else None
+        claiming = None
+        if selector is not None and limit:
+            claiming = Claim(selector, limit, self.config.backend, self.process.pk)
         try:
             started, ended, claimed = ClaimedExecution.flush(
                 starts=[write.job for write in starts],
                 ends=[write.job for write in ends],
-                claim=wanted if limit else None,
+                claim=claiming,
                 worker_id=self.name,
                 using=self.database,
             )
