@@ -7,7 +7,7 @@ of queue and task names come from the jobs in flight and the latest jobs.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, Min, Prefetch, QuerySet
@@ -101,7 +101,9 @@ def activity(*, using: str, now: datetime) -> dict[str, list[Minute]]:
             finished_at__gte=starts[0],
             status__in=[Job.Status.SUCCESSFUL, Job.Status.FAILED],
         )
-        .annotate(minute=TruncMinute("finished_at"))
+        # Minutes are the same in every time zone: cut in UTC, which needs no time zone
+        # tables in the database (MySQL converts zones with them).
+        .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
         .values_list("queue_name", "status", "minute")
         .annotate(jobs=Count("pk"))
         .order_by()

@@ -36,9 +36,12 @@ def subprocess_env(options=None):
     if connection.vendor == "sqlite":
         env["DATABASE_URL"] = f"sqlite:///{settings['NAME']}"
     else:
+        scheme, port = {"postgresql": ("postgres", 5432), "mysql": ("mysql", 3306)}[
+            connection.vendor
+        ]
         env["DATABASE_URL"] = (
-            f"postgres://{settings['USER'] or ''}@{settings['HOST'] or ''}:"
-            f"{settings['PORT'] or 5432}/{settings['NAME']}"
+            f"{scheme}://{settings['USER'] or ''}@{settings['HOST'] or ''}:"
+            f"{settings['PORT'] or port}/{settings['NAME']}"
         )
     if connection.vendor == "sqlite" and not settings["OPTIONS"].get("transaction_mode"):
         env["DQ_TEST_SQLITE_DEFAULTS"] = "1"  # the sqlite_defaults_db fixture's database

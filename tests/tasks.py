@@ -266,8 +266,11 @@ def wait_in_vain_for_a_lock(job_id):
         with probe.cursor() as cursor:
             if probe.vendor == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")  # the run holds the write lock
+            elif probe.vendor == "mysql":
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")  # its least
             else:
                 cursor.execute("SET lock_timeout = '50ms'")
+            if probe.vendor != "sqlite":
                 cursor.execute(
                     "SELECT 1 FROM dq_claimed_execution WHERE job_id = %s FOR UPDATE", [job_id]
                 )

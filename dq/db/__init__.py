@@ -9,12 +9,14 @@ vendor here.
 from django.db import connections
 
 from .base import Claim, Database, End, Flushed, Listener, Returned
+from .mysql import MySQLDatabase
 from .postgresql import PostgreSQLDatabase
 from .sqlite import SQLiteDatabase
 
 __all__ = ["Claim", "Database", "End", "Flushed", "Listener", "Returned", "database"]
 
 BY_VENDOR: dict[str, type[Database]] = {
+    "mysql": MySQLDatabase,
     "postgresql": PostgreSQLDatabase,
     "sqlite": SQLiteDatabase,
 }

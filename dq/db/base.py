@@ -148,7 +148,9 @@ class Database:
         """Claim up to ``claim.limit`` ready jobs of backend alias ``claim.backend`` in the
         queues ``claim.selector`` names and not paused, highest priority first, for process
         ``claim.process_id``: move each from ready to claimed. Their runs have not started:
-        ``flush`` records a start."""
+        ``flush`` records a start. Four statements: lock the ready rows to take (passing
+        over those another claim locked), delete them, insert their claims, read the
+        claimed jobs; no RETURNING needed."""
         where, params = claim.selector.sql("r.queue_name")
         with self.atomic(savepoint=False), self.cursor() as cursor:
             cursor.execute(
@@ -171,11 +173,14 @@ class Database:
                 + ", ".join(["(%s, %s, %s)"] * len(job_ids)),
                 [value for job_id in job_ids for value in (job_id, claim.process_id, claimed_at)],
             )
+            # The claimed jobs with their claim ids: a job has one claim at most.
             cursor.execute(
-                f"SELECT id, job_id FROM {CLAIMED} WHERE job_id IN ({_marks(job_ids)})", job_ids
+                f"SELECT c.id AS claim_id, j.* FROM {CLAIMED} c JOIN {JOBS} j ON j.id = c.job_id "
+                f"WHERE c.job_id IN ({_marks(job_ids)}) ORDER BY j.id",
+                job_ids,
             )
-            claim_of = {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
-            return self._jobs(cursor, claim_of)
+            columns = [column[0] for column in cursor.description]
+            return Returned(columns, list(cursor.fetchall()))
 
     def flush(
         self,
@@ -321,6 +326,12 @@ class Database:
         return ids
 
     # --- helpers --------------------------------------------------------------------------
+
+    def lockable(self, *relations: str) -> tuple[str, ...]:
+        """What to give ``select_for_update(of=...)`` to lock ``relations`` of a join:
+        themselves where the database can name them; nothing where it locks every table a
+        query joins (MySQL), which is those."""
+        return relations if self.connection.features.has_select_for_update_of else ()
 
     def _skip_locked(self) -> str:
         """Lock the rows read, passing over those locked by others (where the database can)."""

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from ..db import database
 from .execution import QueuedExecution
+from .fields import ExactCharField
 from .job import Job
 from .semaphore import Semaphore
 
@@ -17,7 +18,7 @@ class BlockedExecution(QueuedExecution):
     # The status of the jobs this table holds.
     status = Job.Status.BLOCKED
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="blocked_execution")
-    concurrency_key = models.CharField(max_length=255)
+    concurrency_key = ExactCharField(max_length=255)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -55,7 +55,7 @@ class ClaimedExecution(Execution):
         ended are missing."""
         return list(
             cls.objects.using(using)
-            .select_for_update(of=("self", "job"))
+            .select_for_update(of=database(using).lockable("self", "job"))
             .select_related("job")
             .filter(pk__in=claim_ids)
             .order_by("pk")
@@ -175,7 +175,7 @@ class ClaimedExecution(Execution):
             # alive, and if it dies the database rolls back and the claim is orphaned.
             locked = list(
                 claims.using(using)
-                .select_for_update(skip_locked=True, of=("self", "job"))
+                .select_for_update(skip_locked=True, of=database(using).lockable("self", "job"))
                 .select_related("job")
                 .order_by("pk")
             )

@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import QuerySet
 
 from ..db import database
+from .fields import ExactCharField
 from .job import Job
 from .paging import pk_batches
 
@@ -35,6 +36,7 @@ class Execution(models.Model):
                     cls.objects.using(using)
                     .select_for_update()
                     .filter(pk__in=batch)
+                    .order_by("pk")  # locks taken in one order, jobs yielded in it
                     .values_list("job_id", flat=True)
                 )
                 cls.objects.using(using).filter(job_id__in=job_ids).delete()
@@ -47,7 +49,7 @@ class QueuedExecution(Execution):
     """The state of a job that waits to run: it copies the job's queue and priority, so
     that the queries of its state read its table alone."""
 
-    queue_name = models.CharField(max_length=100)
+    queue_name = ExactCharField(max_length=100)
     priority = models.SmallIntegerField(default=0)
 
     class Meta:

@@ -11,6 +11,7 @@ from ..db import Returned
 from ..serialization import attempt_record
 from .clearing import Clearing
 from .enqueueing import Enqueueing
+from .fields import ExactCharField, PartialIndex
 from .placing import Placing
 
 if TYPE_CHECKING:
@@ -53,12 +54,12 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
         BLOCK = "block"
         DISCARD = "discard"
 
-    task_path = models.CharField(max_length=255)
-    queue_name = models.CharField(max_length=100)
+    task_path = ExactCharField(max_length=255)
+    queue_name = ExactCharField(max_length=100)
     priority = models.SmallIntegerField(default=0)
     args = models.JSONField(default=list)
     kwargs = models.JSONField(default=dict)
-    backend = models.CharField(max_length=100)
+    backend = ExactCharField(max_length=100)
     delivery = models.CharField(max_length=20, choices=Delivery, default=Delivery.AT_LEAST_ONCE)
     max_attempts = models.PositiveIntegerField(default=1)
     # Seconds before a retry, or the dotted path of a function (failures) -> seconds;
@@ -79,7 +80,7 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     attempts = models.JSONField(default=list)
     return_value = models.JSONField(null=True, blank=True)
     # Concurrency limit: at most concurrency_limit jobs of one key ready or running at once.
-    concurrency_key = models.CharField(max_length=255, default="", blank=True)
+    concurrency_key = ExactCharField(max_length=255, default="", blank=True)
     concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
     concurrency_duration = models.FloatField(null=True, blank=True)
     on_conflict = models.CharField(
@@ -87,7 +88,7 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     )
     # Uniqueness: set while the job has not finished (and unique_for seconds after); NULL,
     # not "", for the jobs without one: the unique constraint holds many NULLs.
-    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    unique_key = ExactCharField(max_length=255, null=True, blank=True)
     unique_for = models.FloatField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
@@ -99,7 +100,7 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
             # found through dq_job_status_queue).
             models.Index(fields=["status", "-id"], name="dq_job_status_newest"),
             models.Index(fields=["task_path", "-id"], name="dq_job_task_newest"),
-            models.Index(
+            PartialIndex(
                 fields=["-id"], condition=models.Q(attempt_count__gt=1), name="dq_job_retried"
             ),
             # Jobs ended per minute (the admin's activity chart).

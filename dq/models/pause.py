@@ -3,12 +3,13 @@ from typing import Self
 from django.db import models
 
 from ..db import database
+from .fields import ExactCharField
 
 
 class Pause(models.Model):
     """A paused queue: no worker claims its jobs until the row is deleted."""
 
-    queue_name = models.CharField(max_length=100, unique=True)
+    queue_name = ExactCharField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -95,6 +95,7 @@ class Placing:
             cls.objects.using(using)
             .filter(pk__in=job_ids)
             .only("task_path", "backend", "queue_name", "priority", "status", *CONCURRENCY_FIELDS)
+            .order_by("pk")
         )
         cls.place(jobs, using=using, slots_taken=slots_taken, over_limit=over_limit)
         return jobs

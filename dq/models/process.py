@@ -13,6 +13,7 @@ from django.db.models.functions import Now
 from ..db import database
 from ..exceptions import ProcessMissingError, ProcessPrunedError
 from .claimed import ClaimedExecution
+from .fields import ExactCharField
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -48,7 +49,7 @@ class Process(models.Model):
         SCHEDULER = "scheduler"
 
     kind = models.CharField(max_length=20, choices=Kind)
-    name = models.CharField(max_length=100, unique=True)
+    name = ExactCharField(max_length=100, unique=True)
     pid = models.IntegerField()
     # When ``pid`` started (process_start_ticks): a later process given the same pid has
     # another. None where the host has no /proc.

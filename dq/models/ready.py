@@ -6,6 +6,7 @@ from django.utils import timezone
 from ..db import Claim, database
 from ..queues import QueueSelector
 from .execution import QueuedExecution
+from .fields import ExactCharField
 from .job import Job
 from .process import Process
 
@@ -18,7 +19,7 @@ class ReadyExecution(QueuedExecution):
     job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="ready_execution")
     # Copied from the job, like its queue and priority, so that claiming reads this table
     # alone: a worker claims only jobs of its own backend alias.
-    backend = models.CharField(max_length=100)
+    backend = ExactCharField(max_length=100)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -8,6 +8,7 @@ from django.db import IntegrityError, models
 
 from ..db import database
 from ..serialization import load_task
+from .fields import ExactCharField
 
 
 class TaskChanges(TypedDict, total=False):
@@ -21,14 +22,14 @@ class TaskChanges(TypedDict, total=False):
 class RecurringTask(models.Model):
     """A task enqueued on a cron schedule, as declared in the backend's OPTIONS["recurring"]."""
 
-    key = models.CharField(max_length=255, unique=True)
-    backend = models.CharField(max_length=100)
-    task_path = models.CharField(max_length=255)
+    key = ExactCharField(max_length=255, unique=True)
+    backend = ExactCharField(max_length=100)
+    task_path = ExactCharField(max_length=255)
     schedule = models.CharField(max_length=255)
     timezone = models.CharField(max_length=64)
     args = models.JSONField(default=list)
     kwargs = models.JSONField(default=dict)
-    queue_name = models.CharField(max_length=100, blank=True)
+    queue_name = ExactCharField(max_length=100, blank=True)
     priority = models.SmallIntegerField(null=True, blank=True)
     description = models.TextField(blank=True)
     last_run_at = models.DateTimeField(null=True, blank=True)
@@ -66,7 +67,7 @@ class RecurringExecution(models.Model):
     """One run of a recurring task: unique per task and run time, so that however many
     schedulers see a run due, one enqueues it."""
 
-    task_key = models.CharField(max_length=255)
+    task_key = ExactCharField(max_length=255)
     run_at = models.DateTimeField()
     job = models.ForeignKey(
         "dq.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"

@@ -5,12 +5,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from ..db import database
+from .fields import ExactCharField
 
 
 class Semaphore(models.Model):
     """The free slots of one concurrency key: at most ``limit`` of its jobs ready or running."""
 
-    key = models.CharField(max_length=255, unique=True)
+    key = ExactCharField(max_length=255, unique=True)
     value = models.IntegerField()  # slots free now
     limit = models.PositiveIntegerField()
     duration = models.FloatField()  # seconds a slot may be held before it is recounted

@@ -783,7 +783,8 @@ def test_prune_deletes_old_successful_and_cancelled_jobs_in_batches():
 
     assert pruned == 5
     assert remaining([*old, young, failed, ready]) == {young, failed, ready}
-    job_deletes = [q for q in queries if q["sql"].startswith('DELETE FROM "dq_job"')]
+    delete_jobs = f"DELETE FROM {connection.ops.quote_name('dq_job')}"
+    job_deletes = [q for q in queries if q["sql"].startswith(delete_jobs)]
     assert len(job_deletes) == math.ceil(5 / 2)  # one statement (and transaction) per batch
 
 
