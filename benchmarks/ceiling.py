@@ -7,7 +7,9 @@ Per job, three transactions, each one statement on PostgreSQL (autocommit):
   job running;
 - finish: mark the job successful with its finish time.
 
-On SQLite each is a ``BEGIN IMMEDIATE`` transaction of the same statements. Two loops:
+On SQLite each is a ``BEGIN IMMEDIATE`` transaction of the same statements; on MySQL and
+MariaDB, which have no writing CTE, a transaction of the same statements ended by
+``COMMIT``, at the READ COMMITTED Django's connections use. Two loops:
 ``job`` does all three per job (so it includes the insert that dq's drain does not);
 ``drain`` claims and finishes a backlog inserted beforehand, which is what a dq drain
 does. Each runs on 1 connection and on several (threads) for a fixed time.
@@ -17,6 +19,7 @@ import sqlite3
 import threading
 import time
 
+import MySQLdb
 import psycopg
 
 PAYLOAD = '{"task_path": "benchmarks.tasks.noop", "args": [], "kwargs": {}}'
@@ -63,6 +66,18 @@ CREATE TABLE bench_ceiling_ready (
     job_id bigint NOT NULL UNIQUE REFERENCES bench_ceiling_job
 );
 """
+
+MYSQL_TABLES = (
+    "DROP TABLE IF EXISTS bench_ceiling_ready, bench_ceiling_job",
+    """CREATE TABLE bench_ceiling_job (
+        id bigint AUTO_INCREMENT PRIMARY KEY, payload json NOT NULL, status varchar(10) NOT NULL,
+        enqueued_at datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), finished_at datetime(6)
+    ) ENGINE = InnoDB""",
+    """CREATE TABLE bench_ceiling_ready (
+        id bigint AUTO_INCREMENT PRIMARY KEY, job_id bigint NOT NULL UNIQUE,
+        FOREIGN KEY (job_id) REFERENCES bench_ceiling_job (id)
+    ) ENGINE = InnoDB""",
+)
 
 
 class PostgreSQL:
@@ -173,6 +188,83 @@ class SQLite:
         connection.close()
 
 
+class MySQL:
+    """MySQL or MariaDB through mysqlclient, Django's driver: each step a transaction that
+    ``COMMIT`` ends (the driver's connections start with autocommit off)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def connect(self):
+        return MySQLdb.connect(
+            **self.params,
+            charset="utf8mb4",
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+
+    def execute(self, statements):
+        connection = self.connect()
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        connection.close()
+
+    def create_tables(self):
+        self.execute(MYSQL_TABLES)
+
+    def drop_tables(self):
+        self.execute(MYSQL_TABLES[:1])
+
+    def enqueue(self, connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO bench_ceiling_job (payload, status) VALUES (%s, 'ready')", [PAYLOAD]
+            )
+            cursor.execute("INSERT INTO bench_ceiling_ready (job_id) VALUES (LAST_INSERT_ID())")
+        connection.commit()
+
+    def claim(self, connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, job_id FROM bench_ceiling_ready ORDER BY job_id LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED"
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute("DELETE FROM bench_ceiling_ready WHERE id = %s", [row[0]])
+                cursor.execute(
+                    "UPDATE bench_ceiling_job SET status = 'running' WHERE id = %s", [row[1]]
+                )
+        connection.commit()
+        return row[1] if row else None
+
+    def finish(self, connection, job_id):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE bench_ceiling_job SET status = 'successful', "
+                "finished_at = UTC_TIMESTAMP(6) WHERE id = %s",
+                [job_id],
+            )
+        connection.commit()
+
+    def backlog(self, count):
+        connection = self.connect()
+        with connection.cursor() as cursor:
+            # mysqlclient sends these as multi-row INSERTs.
+            cursor.executemany(
+                "INSERT INTO bench_ceiling_job (payload, status) VALUES (%s, 'ready')",
+                [(PAYLOAD,)] * count,
+            )
+            cursor.execute(
+                "INSERT INTO bench_ceiling_ready (job_id) SELECT id FROM bench_ceiling_job "
+                "WHERE status = 'ready' ORDER BY id"
+            )
+            connection.commit()
+            cursor.execute("ANALYZE TABLE bench_ceiling_job, bench_ceiling_ready")
+            cursor.fetchall()
+        connection.close()
+
+
 def run_loop(database, *, connections, seconds, enqueue):
     """Jobs per second of ``connections`` threads looping for ``seconds``: enqueue (if asked),
     claim and finish one job per turn. Also the mean milliseconds of each step."""
@@ -231,8 +323,8 @@ def run_loop(database, *, connections, seconds, enqueue):
 
 
 def measure(database, *, seconds, many):
-    """The ceiling of ``database`` (a PostgreSQL or SQLite): both loops, on 1 and ``many``
-    connections."""
+    """The ceiling of ``database`` (a PostgreSQL, MySQL or SQLite): both loops, on 1 and
+    ``many`` connections."""
     return {
         f"{kind}_{connections}": run_loop(
             database, connections=connections, seconds=seconds, enqueue=kind == "job"

@@ -117,14 +117,20 @@ def migrate():
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE TABLE {tasks.PICKUP_TABLE} (number integer PRIMARY KEY, started float)"
+            f"CREATE TABLE {tasks.PICKUP_TABLE} "
+            "(number integer PRIMARY KEY, started double precision)"
         )
+
+
+def dq_tables():
+    """dq's tables, each once (a proxy model shares its model's)."""
+    models = apps.get_app_config("dq").get_models()
+    return [model._meta.db_table for model in models if not model._meta.proxy]
 
 
 def flush():
     """Empty dq's tables (and the pickup table), as after migrate."""
-    tables = [model._meta.db_table for model in apps.get_app_config("dq").get_models()]
-    tables.append(tasks.PICKUP_TABLE)
+    tables = [*dq_tables(), tasks.PICKUP_TABLE]
     statements = connection.ops.sql_flush(
         no_style(), tables, reset_sequences=True, allow_cascade=True
     )
@@ -134,11 +140,16 @@ def flush():
 
 def vacuum():
     """What autovacuum would have done by the time a loaded backlog is worked: on this
-    benchmark's PostgreSQL it may be off, and a fresh table has no statistics."""
-    if connection.vendor == "postgresql":
-        tables = [model._meta.db_table for model in apps.get_app_config("dq").get_models()]
-        with connection.cursor() as cursor:
-            cursor.execute(f"VACUUM ANALYZE {', '.join(tables)}")
+    benchmark's PostgreSQL it may be off, and a fresh table has no statistics. On MySQL and
+    MariaDB, the statistics InnoDB recalculates in the background once a tenth of a table
+    changed."""
+    tables = ", ".join(dq_tables())
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"VACUUM ANALYZE {tables}")
+        elif connection.vendor == "mysql":
+            cursor.execute(f"ANALYZE TABLE {tables}")
+            cursor.fetchall()
 
 
 def enqueue_backlog(count, batch=1_000):
@@ -159,6 +170,8 @@ def database_facts():
             for name in ("shared_buffers", "fsync", "synchronous_commit", "autovacuum"):
                 cursor.execute(f"SHOW {name}")
                 facts["settings"][name] = cursor.fetchone()[0]
+        elif connection.vendor == "mysql":
+            facts.update(mysql_facts(cursor))
         else:
             facts["version"] = sqlite3.sqlite_version
             cursor.execute("PRAGMA journal_mode")
@@ -167,6 +180,28 @@ def database_facts():
             level = cursor.fetchone()[0]
             facts["settings"]["synchronous"] = {0: "off", 1: "normal", 2: "full"}.get(level, level)
     return facts
+
+
+def mysql_facts(cursor):
+    cursor.execute("SELECT VERSION()")
+    server = "MariaDB" if connection.mysql_is_mariadb else "MySQL"
+    version = cursor.fetchone()[0].split("-")[0]
+    cursor.execute(
+        "SHOW SESSION VARIABLES WHERE Variable_name IN ('innodb_buffer_pool_size', "
+        "'innodb_flush_log_at_trx_commit', 'log_bin', 'tx_isolation', 'transaction_isolation')"
+    )
+    values = dict(cursor.fetchall())
+    return {
+        "version": f"{server} {version}",
+        "settings": {
+            "innodb_buffer_pool_size": f"{int(values['innodb_buffer_pool_size']) // 2**20}MB",
+            "innodb_flush_log_at_trx_commit": values["innodb_flush_log_at_trx_commit"],
+            "log_bin": values["log_bin"],
+            # Django's isolation level; MariaDB before 11.1 calls the variable tx_isolation.
+            "transaction_isolation": values.get("transaction_isolation")
+            or values.get("tx_isolation"),
+        },
+    }
 
 
 # -- dq_work as a user runs it -------------------------------------------------------------
@@ -182,6 +217,7 @@ class DQWork:
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.cpu_before = children_cpu()
+        self.database_before = server_threads()
         self.started = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "django", "dq_work", *args],
@@ -212,14 +248,24 @@ class DQWork:
 
     def drain(self, *, pending, jobs):
         """Wait while ``pending()``; then its memory and the database server's CPU seconds
-        (on PostgreSQL) so far, while it still runs."""
+        for its sessions (on PostgreSQL and MariaDB) so far, while it still runs."""
         deadline = time.monotonic() + 120 + jobs / 10
+        served = set()  # MariaDB's threads of its sessions, closed ones too
         while pending():
             self.check_running()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{jobs:,} jobs were not done in time; see {self.log_path}")
+            if self.database_before:
+                served |= session_ids()
             time.sleep(POLL_INTERVAL)
-        return {"memory": self.memory(), "database_cpu_s": database_cpu()}
+        return {
+            "memory": self.memory(),
+            "database_cpu_s": database_cpu(self.database_before, served),
+        }
+
+    def database_errors(self):
+        """How many times its processes logged a database error (and waited to retry)."""
+        return self.log_path.read_text(errors="replace").count(": database error; ")
 
     def memory(self):
         """Peak and current resident memory (MiB) of each process of its tree, by dq kind."""
@@ -246,26 +292,73 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def database_cpu():
-    """CPU seconds of the PostgreSQL server processes of the other sessions on this
-    database (dq_work's), when they run on this machine; None on SQLite or when unknown."""
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
+def session_ids():
+    """The OS ids of what serves the other sessions on this database (dq_work's): server
+    processes on PostgreSQL, server threads on MariaDB; None elsewhere (MySQL's
+    PROCESSLIST has no thread id)."""
+    if connection.vendor == "postgresql":
+        sessions = (
             "SELECT pid FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        pids = [pid for (pid,) in cursor.fetchall()]
+    elif connection.vendor == "mysql" and connection.mysql_is_mariadb:
+        sessions = (
+            "SELECT TID FROM information_schema.PROCESSLIST "
+            "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+        )
+    else:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(sessions)
+        return {os_id for (os_id,) in cursor.fetchall()}
+
+
+def database_cpu(before, served):
+    """CPU seconds of the database server for the other sessions on this database
+    (dq_work's), when it runs on this machine; None on SQLite, MySQL or when unknown.
+    PostgreSQL serves each session with a process of its own, read while it lives.
+    MariaDB serves it with a thread that outlives it and may have served others before:
+    the threads of the sessions now and of those ``served`` saw (a worker reconnects after
+    a database error), less what each had used ``before`` (``server_threads()``)."""
+    clock = os.sysconf("SC_CLK_TCK")
+    if connection.vendor == "postgresql":
+        ticks = [cpu_ticks(f"/proc/{pid}/stat") for pid in session_ids()]
+        return None if None in ticks else sum(ticks) / clock
+    if not before:
+        return None
     ticks = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    for tid in session_ids() | served:
+        used = cpu_ticks(f"/proc/{tid}/task/{tid}/stat")
+        earlier = before.get(tid, 0)
+        if used is not None:  # else the thread is gone, and what it used with it
+            ticks += used - earlier if used >= earlier else used  # else a new thread, same id
+    return ticks / clock
+
+
+def server_threads():
+    """CPU ticks used so far by each thread of the MariaDB server, by thread id; empty
+    elsewhere, and when the server does not run on this machine."""
+    if connection.vendor != "mysql" or not connection.mysql_is_mariadb:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT TID FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        (own,) = cursor.fetchone()
+    try:
+        threads = os.listdir(f"/proc/{own}/task")
+    except OSError:
+        return {}
+    ticks = {int(tid): cpu_ticks(f"/proc/{own}/task/{tid}/stat") for tid in threads}
+    return {tid: used for tid, used in ticks.items() if used is not None}
+
+
+def cpu_ticks(path):
+    """User and system CPU ticks in a /proc stat file; None if it cannot be read."""
+    try:
+        stat = Path(path).read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 def children_of(parent):
@@ -380,13 +473,21 @@ def measure_drain(size, label, args):
         **rates(size, work.started, finish_times(size, after=work.started)),
         **cpu_per_job(cpu, seen["database_cpu_s"], size),
         "jobs_per_end_write": jobs_per_end_write(work.started),
+        "database_errors": work.database_errors(),
         "memory": seen["memory"],
     }
     say(
         f"drain {size:,} ({label}): {result['jobs_per_s']:,.0f} jobs/s from start, "
-        f"{result['steady_jobs_per_s']:,.0f} steady"
+        f"{result['steady_jobs_per_s']:,.0f} steady{errors_logged(work)}"
     )
     return result
+
+
+def errors_logged(work):
+    """A note of the database errors dq_work logged, if any."""
+    errors = work.database_errors()
+    plural = "s" if errors > 1 else ""
+    return f"; {errors} database error{plural} logged, see {work.log_path}" if errors else ""
 
 
 def jobs_per_end_write(after):
@@ -489,6 +590,26 @@ def insert_jobs(count, *, finished):
                 f"INSERT INTO dq_job ({names}) SELECT {', '.join(values)} "
                 f"FROM generate_series(%s, 1, -1) AS g",
                 params,
+            )
+    elif connection.vendor == "mysql":
+        # The same, the numbers from a recursive CTE (times are UTC, as Django stores them).
+        values, params = [], []
+        for name, value in columns:
+            if name in TIME_COLUMNS and value is not None:
+                values.append("UTC_TIMESTAMP(6) - INTERVAL g.n * 50000 MICROSECOND")
+            else:
+                values.append("%s")
+                params.append(value)
+        depth = (
+            "max_recursive_iterations" if connection.mysql_is_mariadb else "cte_max_recursion_depth"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET SESSION {depth} = %s", [count + 1])
+            cursor.execute(
+                f"INSERT INTO dq_job ({names}) WITH RECURSIVE g (n) AS "
+                "(SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < %s) "
+                f"SELECT {', '.join(values)} FROM g ORDER BY g.n DESC",
+                [count, *params],
             )
     else:
         # The same, row by row in batches: SQLite has no generate_series.
@@ -593,8 +714,12 @@ def measure_scale(sizes):
             Job.objects.filter(finished_at__gt=datetime.fromtimestamp(work.started, UTC)).count(),
         ),
         "jobs_per_end_write": jobs_per_end_write(work.started),
+        "database_errors": work.database_errors(),
     }
-    say(f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady")
+    say(
+        f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady"
+        f"{errors_logged(work)}"
+    )
     return {
         "history": sizes.history,
         "waiting": sizes.waiting,
@@ -605,18 +730,25 @@ def measure_scale(sizes):
     }
 
 
-def measure_ceiling(sizes):
+def server_params(database_key):
+    """The connection's server and database as a driver's keyword arguments."""
     settings = connection.settings_dict
+    params = {database_key: settings["NAME"]}
+    for key, name in (("user", "USER"), ("password", "PASSWORD"), ("host", "HOST")):
+        if settings[name]:
+            params[key] = settings[name]
+    if settings["PORT"]:
+        params["port"] = int(settings["PORT"])
+    return params
+
+
+def measure_ceiling(sizes):
     if connection.vendor == "postgresql":
-        params = {"dbname": settings["NAME"]}
-        for key, name in (("user", "USER"), ("password", "PASSWORD"), ("host", "HOST")):
-            if settings[name]:
-                params[key] = settings[name]
-        if settings["PORT"]:
-            params["port"] = int(settings["PORT"])
-        database = ceiling.PostgreSQL(params)
+        database = ceiling.PostgreSQL(server_params("dbname"))
+    elif connection.vendor == "mysql":
+        database = ceiling.MySQL(server_params("database"))
     else:
-        database = ceiling.SQLite(str(settings["NAME"]))
+        database = ceiling.SQLite(str(connection.settings_dict["NAME"]))
     result = ceiling.measure(
         database, seconds=sizes.ceiling_seconds, many=sizes.ceiling_connections
     )

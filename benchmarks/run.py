@@ -1,12 +1,14 @@
-"""dq's benchmark: ``./dev bench [--quick] [--db sqlite|postgresql|both] [--json PATH]
-[--peers]``.
+"""dq's benchmark: ``./dev bench [--quick] [--db sqlite|postgresql|mysql|both|all]
+[--json PATH] [--peers]``.
 
 For each database it creates a scratch database (PostgreSQL: ``dq_bench`` on the server
 at ``$DQ_BENCH_POSTGRES_URL``, default ``postgres://postgres@127.0.0.1:5432/postgres``;
-SQLite: ``.bench/dq_bench.sqlite3``), runs ``benchmarks.measure`` on it in a process of
-its own, then prints one table of both and writes the figures as JSON. docs/benchmarks.md
-explains the method. With ``--peers``, pgqueuer is measured after dq's PostgreSQL half on
-the same server (``benchmarks.peer``) and its figures go beside dq's.
+MySQL or MariaDB: ``dq_bench`` on the server at ``$DQ_BENCH_MYSQL_URL``, default
+``mysql://root@127.0.0.1:3306/dq_bench``; SQLite: ``.bench/dq_bench.sqlite3``), runs
+``benchmarks.measure`` on it in a process of its own, then prints one table of them all
+and writes the figures as JSON. docs/benchmarks.md explains the method. With ``--peers``,
+pgqueuer is measured after dq's PostgreSQL half on the same server (``benchmarks.peer``)
+and its figures go beside dq's.
 """
 
 import argparse
@@ -19,14 +21,16 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from benchmarks import peer
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
 SCRATCH = "dq_bench"
-DATABASES = ("sqlite", "postgresql")
+DATABASES = ("sqlite", "postgresql", "mysql")
+# What --db takes besides one database: "both" is what it meant before MySQL was measured.
+SELECTIONS = {"all": DATABASES, "both": ("sqlite", "postgresql")}
 
 
 def postgres_server_url():
@@ -46,6 +50,40 @@ def prepare_postgresql(name=SCRATCH):
     except psycopg.OperationalError as error:
         raise OSError(" ".join(str(error).split())) from None
     return urlsplit(server)._replace(path=f"/{name}").geturl()
+
+
+def mysql_server_url():
+    return os.environ.get("DQ_BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/dq_bench")
+
+
+def prepare_mysql(name=SCRATCH):
+    """Drop and create the scratch database ``name`` on the server of
+    ``$DQ_BENCH_MYSQL_URL`` (never the database the URL names, as on PostgreSQL); returns
+    its URL, or raises OSError with why the server cannot be reached."""
+    import MySQLdb
+
+    server = urlsplit(mysql_server_url())
+    params = {"host": server.hostname or "127.0.0.1", "port": server.port or 3306}
+    if server.username:
+        params["user"] = unquote(server.username)
+    if server.password:
+        params["password"] = unquote(server.password)
+    try:
+        admin = MySQLdb.connect(**params, connect_timeout=3)
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            cursor.execute(f"CREATE DATABASE {name}")
+        admin.close()
+    except MySQLdb.OperationalError as error:
+        raise OSError(" ".join(str(error.args[-1]).split())) from None
+    return server._replace(path=f"/{name}").geturl()
+
+
+# The databases on a server: the name they go by, the server's URL, their scratch database.
+SERVERS = {
+    "postgresql": ("PostgreSQL", postgres_server_url, prepare_postgresql),
+    "mysql": ("MySQL/MariaDB", mysql_server_url, prepare_mysql),
+}
 
 
 def prepare_sqlite():
@@ -259,9 +297,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller sizes: about 2 minutes")
     parser.add_argument(
         "--db",
-        choices=[*DATABASES, "both"],
-        default="both",
-        help="the database(s) to measure (default both)",
+        choices=[*DATABASES, *SELECTIONS],
+        default="all",
+        help="the database(s) to measure: one, both (sqlite and postgresql) or all (default)",
     )
     parser.add_argument(
         "--json",
@@ -283,8 +321,9 @@ def main(argv=None):
         "server after dq's PostgreSQL half, and print dq's figures beside its",
     )
     options = parser.parse_args(argv)
-    if options.peers and options.db == "sqlite":
-        parser.error("--peers measures pgqueuer on PostgreSQL: use --db postgresql or both")
+    wanted = SELECTIONS.get(options.db, (options.db,))
+    if options.peers and "postgresql" not in wanted:
+        parser.error("--peers measures pgqueuer on PostgreSQL: use --db postgresql, both or all")
     if options.show:
         report(json.loads(options.show.read_text()))
         return
@@ -303,19 +342,19 @@ def main(argv=None):
         },
         "databases": {},
     }
-    wanted = DATABASES if options.db == "both" else (options.db,)
     for database in wanted:
-        if database == "postgresql":
-            try:
-                url = prepare_postgresql()
-            except OSError as error:
-                message = f"PostgreSQL not reachable at {postgres_server_url()} ({error})"
-                if options.db == "postgresql":
-                    parser.exit(1, f"dev bench: {message}\n")
-                print(f"\n!! {message}: PostgreSQL SKIPPED\n", file=sys.stderr)
-                continue
-        else:
+        if database == "sqlite":
             url = prepare_sqlite()
+        else:
+            name, server_url, prepare = SERVERS[database]
+            try:
+                url = prepare()
+            except OSError as error:
+                message = f"{name} not reachable at {server_url()} ({error})"
+                if options.db == database:
+                    parser.exit(1, f"dev bench: {message}\n")
+                print(f"\n!! {message}: {name} SKIPPED\n", file=sys.stderr)
+                continue
         results["databases"][database] = measure(database, url, options.quick)
         if database == "postgresql" and options.peers:
             sizes = results["databases"][database]["sizes"]
