@@ -164,9 +164,7 @@ class Database:
             if not picked:
                 return NOTHING
             job_ids = [job_id for _, job_id in picked]
-            cursor.execute(
-                f"DELETE FROM {READY} WHERE id IN ({_marks(picked)})", [pk for pk, _ in picked]
-            )
+            self._delete_by_id(cursor, READY, [pk for pk, _ in picked])
             claimed_at = self.connection.ops.adapt_datetimefield_value(now)
             cursor.execute(
                 f"INSERT INTO {CLAIMED} (job_id, process_id, claimed_at) VALUES "
@@ -205,13 +203,7 @@ class Database:
     def _start(self, starts: dict[int, datetime]) -> set[int]:
         adapt = self.connection.ops.adapt_datetimefield_value
         with self.cursor() as cursor:
-            claim_ids = list(starts)
-            cursor.execute(
-                f"SELECT id, job_id, started_at FROM {CLAIMED} "
-                f"WHERE id IN ({_marks(claim_ids)}) ORDER BY id{self._locking()}",
-                claim_ids,
-            )
-            found = cursor.fetchall()
+            found = self._lock_claims(cursor, list(starts))
             first = [(claim_id, job_id) for claim_id, job_id, at in found if at is None]
             if first:
                 by_claim = _case([(c, adapt(starts[c])) for c, _ in first])
@@ -233,18 +225,10 @@ class Database:
     def _end(self, ends: dict[int, End], *, worker_id: str, now: datetime) -> set[int]:
         ops = self.connection.ops
         with self.cursor() as cursor:
-            claim_ids = list(ends)
-            cursor.execute(
-                f"SELECT id, job_id, started_at FROM {CLAIMED} WHERE id IN ({_marks(claim_ids)}) "
-                f"ORDER BY id{self._locking()}",
-                claim_ids,
-            )
-            ended = cursor.fetchall()
+            ended = self._lock_claims(cursor, list(ends))
             if not ended:
                 return set()
-            cursor.execute(
-                f"DELETE FROM {CLAIMED} WHERE id IN ({_marks(ended)})", [row[0] for row in ended]
-            )
+            self._delete_by_id(cursor, CLAIMED, [row[0] for row in ended])
             job_ids = [job_id for _, job_id, _ in ended]
             cursor.execute(
                 f"SELECT id, attempts FROM {JOBS} WHERE id IN ({_marks(job_ids)})", job_ids
@@ -332,6 +316,20 @@ class Database:
         themselves where the database can name them; nothing where it locks every table a
         query joins (MySQL), which is those."""
         return relations if self.connection.features.has_select_for_update_of else ()
+
+    def _lock_claims(self, cursor: CursorWrapper, claim_ids: list[int]) -> list[tuple[Any, ...]]:
+        """Lock the claims of ``claim_ids`` that are still there, in id order: their rows
+        ``(id, job_id, started_at)``."""
+        cursor.execute(
+            f"SELECT id, job_id, started_at FROM {CLAIMED} WHERE id IN ({_marks(claim_ids)}) "
+            f"ORDER BY id{self._locking()}",
+            claim_ids,
+        )
+        return list(cursor.fetchall())
+
+    def _delete_by_id(self, cursor: CursorWrapper, table: str, ids: list[int]) -> None:
+        """Delete the rows of ``table`` whose ids are ``ids`` (locked already)."""
+        cursor.execute(f"DELETE FROM {table} WHERE id IN ({_marks(ids)})", ids)
 
     def _skip_locked(self) -> str:
         """Lock the rows read, passing over those locked by others (where the database can)."""

@@ -7,13 +7,22 @@ Django runs MySQL connections at READ COMMITTED unless a project sets another
 around them. Neither database has LISTEN/NOTIFY: idle workers poll.
 """
 
+import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.backends.utils import CursorWrapper
 
-from .base import Database
+from .base import CLAIMED, Database
+
+# Ids sent as one JSON array and joined as a table: one primary-key lookup per id. Given
+# an IN list instead, MySQL scans a small table whole (a claimed or ready table holds a
+# few hundred rows), and a locking scan waits for the rows other workers hold locked:
+# two workers' flushes deadlocked so. Parameter: the ids, as JSON.
+_IDS = "JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS named"
 
 # ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_LOCK_NOWAIT (MySQL), ER_CHECKREAD (MariaDB:
 # "Record has changed since last read", under innodb_snapshot_isolation).
@@ -37,6 +46,19 @@ class MySQLDatabase(Database):
         """A lock wait that timed out (``innodb_lock_wait_timeout``) or a deadlock: InnoDB
         rolled back the statement or the whole transaction; dq runs it all again."""
         return _error_code(error) in _LOCK_CONFLICTS
+
+    def _lock_claims(self, cursor: CursorWrapper, claim_ids: list[int]) -> list[tuple[Any, ...]]:
+        cursor.execute(
+            f"SELECT c.id, c.job_id, c.started_at FROM {_IDS} "
+            f"STRAIGHT_JOIN {CLAIMED} c ON c.id = named.id ORDER BY c.id FOR UPDATE",
+            [_ids(claim_ids)],
+        )
+        return list(cursor.fetchall())
+
+    def _delete_by_id(self, cursor: CursorWrapper, table: str, ids: list[int]) -> None:
+        cursor.execute(
+            f"DELETE t FROM {_IDS} STRAIGHT_JOIN {table} t ON t.id = named.id", [_ids(ids)]
+        )
 
     def session_id(self) -> int:
         with self.connection.cursor() as cursor:
@@ -62,6 +84,11 @@ class MySQLDatabase(Database):
                 if cursor.fetchone() is None:
                     return
                 time.sleep(0.01)
+
+
+def _ids(ids: list[int]) -> str:
+    """The ids as JSON, in order: rows are locked in the order they are named."""
+    return json.dumps(sorted(ids))
 
 
 def _error_code(error: DatabaseError) -> object:

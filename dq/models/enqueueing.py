@@ -5,7 +5,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from django.db import IntegrityError, connections
+from django.db import DatabaseError, IntegrityError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
 from django.utils import timezone
@@ -35,6 +35,8 @@ _PREPARED: dict[tuple[str, str, type, Any], Any] = {}
 
 # The fields an insert writes with their SQL types (Enqueueing.inserted_columns), per vendor.
 _INSERTED_COLUMNS: "dict[str, list[tuple[Field[Any, Any], str]]]" = {}
+# How many times an enqueue that met a deadlock (or a lock wait that timed out) runs.
+_LOCK_CONFLICT_ATTEMPTS = 5
 
 
 class Enqueueing:
@@ -61,6 +63,28 @@ class Enqueueing:
         if not any(job.unique_key or job.concurrency_key for job in jobs):
             cls.insert_placed(jobs, now, using)
             return jobs
+        statuses = [job.status for job in jobs]
+        for attempt in range(1, _LOCK_CONFLICT_ATTEMPTS + 1):
+            try:
+                return cls._enqueue_flowing(jobs, now, using)
+            except DatabaseError as error:
+                # Enqueues racing for one semaphore or unique key can deadlock on MySQL
+                # (waiters on a duplicate key hold shared locks): the database rolled the
+                # transaction back; run it again, unless it was part of the caller's.
+                if (
+                    connections[using].in_atomic_block
+                    or not database(using).lock_conflict(error)
+                    or attempt == _LOCK_CONFLICT_ATTEMPTS
+                ):
+                    raise
+                for job, status in zip(jobs, statuses, strict=True):
+                    job.pk, job._state.adding = None, True
+                    job.status, job.finished_at = status, None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _enqueue_flowing[J: Job](cls: type[J], jobs: list[J], now: datetime, using: str) -> list[J]:  # type: ignore[misc]
+        """Insert jobs with a concurrency key or a unique key, in one transaction."""
         with database(using).atomic(savepoint=False):
             if any(job.unique_key for job in jobs):
                 return [cls._enqueue_unique(job, now, using) for job in jobs]
