@@ -30,7 +30,9 @@ _LOCK_CONFLICTS = {1205, 1213, 3572, 1020}
 
 
 class MySQLDatabase(Database):
-    # Measured (docs/benchmarks.md, "Pickup"): an idle worker's poll is one indexed read.
+    # An idle worker's poll is one indexed read; at 0.1 s a job enqueued on an idle queue
+    # started 49 ms (median) and 97 ms (95th percentile) later on MariaDB 10.11
+    # (./dev bench --db mysql).
     polling_interval = 0.1
 
     def now(self) -> datetime:
