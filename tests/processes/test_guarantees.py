@@ -253,11 +253,12 @@ def test_a_job_does_not_fail_on_a_connection_cut_while_its_thread_was_idle(dq_wo
     wait_for_status(first, Job.Status.SUCCESSFUL)
 
     def idle_thread_session():
-        # The pool thread's session: the last statement it ran ended a run.
+        # The pool thread's session: the last statement it ran was the task's own write
+        # (the run's end is written by the worker's main thread).
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state = 'idle' AND query LIKE '%%DELETE FROM dq_claimed_execution%%'"
+                """ AND state = 'idle' AND query LIKE '%%INSERT INTO "tests_run"%%'"""
                 " AND now() - state_change > interval '1.5 seconds'"
             )
             return cursor.fetchone()
