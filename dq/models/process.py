@@ -151,11 +151,16 @@ class Process(models.Model):
         return pruned
 
     @classmethod
-    def recover_orphaned_claims(cls, *, using: str) -> int:
-        """Interrupt claims whose process row no longer exists. Returns how many."""
+    def recover_orphaned_claims(cls, *, running: Collection[int] = (), using: str) -> int:
+        """Interrupt claims whose process row no longer exists (those in ``running`` as runs
+        that started, see ClaimedExecution.interrupt). Returns how many."""
         orphaned = ClaimedExecution.objects.filter(
             ~Exists(cls.objects.using(using).filter(pk=OuterRef("process_id")))
         )
         return ClaimedExecution.interrupt(
-            orphaned, ProcessMissingError, "the process that claimed the job is gone", using=using
+            orphaned,
+            ProcessMissingError,
+            "the process that claimed the job is gone",
+            running=running,
+            using=using,
         )

@@ -18,7 +18,7 @@ from django.db import DatabaseError, connections
 
 from ..conf import Configuration
 from ..exceptions import ProcessExitError
-from ..models import Process
+from ..models import ClaimedExecution, Process
 from .base import HANDLED_SIGNALS, Role, Runnable, StopMode, database_retry_delay
 from .board import RunBoard, board_slots
 from .dispatcher import Dispatcher
@@ -52,9 +52,9 @@ class Supervisor(Runnable):
         self.children: dict[int, Child] = {}  # pid -> Child
         # No pruning before this time.monotonic(); None: once the database answers again.
         self.prune_not_before: float | None = 0.0
-        # Dead children whose jobs could not be recovered yet (pid -> message, and the
+        # Dead children whose jobs could not all be recovered yet (pid -> message, and the
         # claims the child was running): it leaves its own children out of pruning, so it
-        # must retry them itself.
+        # must retry them itself, and a claim the child was running stays a run until ended.
         self.unrecovered: dict[int, tuple[str, set[int]]] = {}
         self.boards: dict[int, RunBoard] = {}  # a worker's pid -> what it runs
 
@@ -189,13 +189,17 @@ class Supervisor(Runnable):
                     running=running,
                     using=self.database,
                 )
-            # Claims its exactly_once runs held locked were skipped; they are orphans now.
-            Process.recover_orphaned_claims(using=self.database)
+            # Claims still locked were skipped (the database may not have rolled back the
+            # dead child's exactly_once transaction yet); they are orphans now, and those it
+            # was running are interrupted as runs however late they are found.
+            Process.recover_orphaned_claims(running=running, using=self.database)
+            left = ClaimedExecution.objects.using(self.database).filter(pk__in=running).exists()
         except DatabaseError:
             logger.exception("%s: cannot recover pid %s's jobs yet", self.name, pid)
             connections[self.database].close()
         else:
-            del self.unrecovered[pid]
+            if not left:
+                del self.unrecovered[pid]
 
     def heartbeat(self) -> None:
         assert self.process is not None
@@ -218,7 +222,10 @@ class Supervisor(Runnable):
             )
         for process in pruned:
             logger.warning("%s pruned %s: no heartbeat", self.name, process)
-        recovered = Process.recover_orphaned_claims(using=self.database)
+        recovered = Process.recover_orphaned_claims(
+            running={claim for _, running in self.unrecovered.values() for claim in running},
+            using=self.database,
+        )
         if recovered:
             logger.warning("%s recovered %s orphaned claim(s)", self.name, recovered)
 

@@ -1,15 +1,19 @@
 """The state transitions on dq's models, called directly."""
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 from django.tasks import TaskResultStatus
 from django.test import override_settings
 from django.utils import timezone
 
+from dq import conf
 from dq.exceptions import ProcessExitError, ProcessMissingError, ProcessPrunedError
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
+from dq.processes.supervisor import Supervisor
 
 from ..conftest import InProcessWorker
 from ..models import Run
@@ -404,6 +408,50 @@ def test_recover_orphaned_claims_interrupts_claims_whose_process_is_gone(db):
     assert orphan.errors[0].exception_class is ProcessMissingError
     assert orphan.worker_ids == [f"process-{gone_id}"]
     assert Process.recover_orphaned_claims(using="default") == 0
+
+
+def test_a_dead_workers_run_found_locked_is_interrupted_as_a_run_once_unlocked(transactional_db):
+    """The supervisor finds the claim of a run its SIGKILLed worker had not recorded yet
+    locked (its transaction not yet rolled back by the database): skipped, and when its
+    next maintenance finds it orphaned, it is a run that was interrupted, not a job
+    claimed and never started that could go back to ready uncounted."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite locks no rows: nothing is ever skipped")
+    supervisor = Supervisor(conf.load("default"))
+    supervisor.process = Process.register(Process.Kind.SUPERVISOR, using="default")
+    dead = InProcessWorker()
+    Process.objects.filter(pk=dead.process.pk).update(supervisor=supervisor.process, pid=2**22)
+    result = record.enqueue("started, its start not written yet")
+    [job] = dead.claim(started=False)
+    claim = ClaimedExecution.objects.get(job_id=job.pk)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock():
+        try:
+            with transaction.atomic():
+                ClaimedExecution.objects.select_for_update().get(pk=claim.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(timeout=30)
+        supervisor.recover(2**22, "killed by SIGKILL", {claim.pk})
+        assert not Process.objects.filter(pk=dead.process.pk).exists()
+        assert claimed_by(job) == dead.process.pk  # skipped, and remembered as a run
+    finally:
+        release.set()
+        holder.join()
+
+    supervisor.maintain()
+
+    assert not supervisor.unrecovered
+    assert Job.objects.get(pk=job.pk).interruption_count == 1
+    result.refresh()
+    assert [error.exception_class for error in result.errors] == [ProcessMissingError]
 
 
 # --- retry of a failed job -------------------------------------------------------------
