@@ -23,6 +23,9 @@ from .base import CLAIMED, Database
 # few hundred rows), and a locking scan waits for the rows other workers hold locked:
 # two workers' flushes deadlocked so. Parameter: the ids, as JSON.
 _IDS = "JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS named"
+# The lookup, even where the table's statistics say it is empty (a table just emptied
+# can be joined by a scan of it).
+_BY_ID = "FORCE INDEX (PRIMARY)"
 
 # ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK, ER_LOCK_NOWAIT (MySQL), ER_CHECKREAD (MariaDB:
 # "Record has changed since last read", under innodb_snapshot_isolation).
@@ -52,14 +55,15 @@ class MySQLDatabase(Database):
     def _lock_claims(self, cursor: CursorWrapper, claim_ids: list[int]) -> list[tuple[Any, ...]]:
         cursor.execute(
             f"SELECT c.id, c.job_id, c.started_at FROM {_IDS} "
-            f"STRAIGHT_JOIN {CLAIMED} c ON c.id = named.id ORDER BY c.id FOR UPDATE",
+            f"STRAIGHT_JOIN {CLAIMED} c {_BY_ID} ON c.id = named.id ORDER BY c.id FOR UPDATE",
             [_ids(claim_ids)],
         )
         return list(cursor.fetchall())
 
     def _delete_by_id(self, cursor: CursorWrapper, table: str, ids: list[int]) -> None:
         cursor.execute(
-            f"DELETE t FROM {_IDS} STRAIGHT_JOIN {table} t ON t.id = named.id", [_ids(ids)]
+            f"DELETE t FROM {_IDS} STRAIGHT_JOIN {table} t {_BY_ID} ON t.id = named.id",
+            [_ids(ids)],
         )
 
     def session_id(self) -> int:

@@ -158,6 +158,7 @@ class ClaimedExecution(Execution):
         message: str,
         *,
         running: Collection[int] = (),
+        skip_locked: bool = True,
         using: str,
     ) -> int:
         """End the claims of runs that will never finish (their process died, was pruned,
@@ -167,6 +168,9 @@ class ClaimedExecution(Execution):
         rolled back) run again, up to max_interruptions times; at_most_once fails. A job
         claimed but not started goes back to ready, as if never claimed.
 
+        A claim locked by someone else is skipped (with ``skip_locked``, as a recovery
+        does), or waited for (as the worker that owns the claim does).
+
         Returns the number of claims ended.
         """
         error = describe_interruption(exception_class, message)
@@ -175,7 +179,9 @@ class ClaimedExecution(Execution):
             # alive, and if it dies the database rolls back and the claim is orphaned.
             locked = list(
                 claims.using(using)
-                .select_for_update(skip_locked=True, of=database(using).lockable("self", "job"))
+                .select_for_update(
+                    skip_locked=skip_locked, of=database(using).lockable("self", "job")
+                )
                 .select_related("job")
                 .order_by("pk")
             )

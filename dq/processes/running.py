@@ -328,10 +328,16 @@ class Running(Runnable):
     def interrupt_run(self, job: Job, error: TransactionRolledBackError) -> Job | None:
         """Record a run whose transaction was rolled back as an interruption: the job runs
         again, as its delivery policy says. Returns the job, or None if its claim was
-        taken over."""
+        taken over. Its claim is this worker's: a lock on it or its job (another
+        transaction's, the one its own deadlocked with) is waited for, never skipped."""
         claim = ClaimedExecution.objects.filter(pk=job.claim_id)
         interrupted = ClaimedExecution.interrupt(
-            claim, type(error), str(error), running={job.claim_id}, using=self.database
+            claim,
+            type(error),
+            str(error),
+            running={job.claim_id},
+            skip_locked=False,
+            using=self.database,
         )
         if not interrupted:
             return None

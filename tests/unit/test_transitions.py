@@ -1,5 +1,6 @@
 """The state transitions on dq's models, called directly."""
 
+import contextlib
 import threading
 from datetime import timedelta
 
@@ -11,13 +12,18 @@ from django.test import override_settings
 from django.utils import timezone
 
 from dq import conf
-from dq.exceptions import ProcessExitError, ProcessMissingError, ProcessPrunedError
+from dq.exceptions import (
+    ProcessExitError,
+    ProcessMissingError,
+    ProcessPrunedError,
+    TransactionRolledBackError,
+)
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
 from dq.processes.supervisor import Supervisor
 
 from ..conftest import InProcessWorker
 from ..models import Run
-from ..tasks import add, block_at_most_once, boom, flaky, record
+from ..tasks import add, block_at_most_once, boom, flaky, record, record_exactly_once
 
 pytestmark = pytest.mark.django_db
 
@@ -410,13 +416,52 @@ def test_recover_orphaned_claims_interrupts_claims_whose_process_is_gone(db):
     assert Process.recover_orphaned_claims(using="default") == 0
 
 
+def lock_waiters():
+    """How many transactions wait for a row lock now (live, not a snapshot)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        else:
+            cursor.execute(
+                "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'"
+            )
+        return cursor.fetchone()[0]
+
+
+@contextlib.contextmanager
+def locked_elsewhere(queryset, *, until_waited_for=False):
+    """Lock ``queryset``'s rows in another thread's transaction, held until the block ends
+    or, ``until_waited_for``, until another transaction waits for a lock."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite locks no rows")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                assert list(queryset.select_for_update())
+                locked.set()
+                while not release.wait(timeout=0.02):
+                    if until_waited_for and lock_waiters():
+                        return
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(timeout=30)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_dead_workers_run_found_locked_is_interrupted_as_a_run_once_unlocked(transactional_db):
     """The supervisor finds the claim of a run its SIGKILLed worker had not recorded yet
     locked (its transaction not yet rolled back by the database): skipped, and when its
     next maintenance finds it orphaned, it is a run that was interrupted, not a job
     claimed and never started that could go back to ready uncounted."""
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite locks no rows: nothing is ever skipped")
     supervisor = Supervisor(conf.load("default"))
     supervisor.process = Process.register(Process.Kind.SUPERVISOR, using="default")
     dead = InProcessWorker()
@@ -424,34 +469,38 @@ def test_a_dead_workers_run_found_locked_is_interrupted_as_a_run_once_unlocked(t
     result = record.enqueue("started, its start not written yet")
     [job] = dead.claim(started=False)
     claim = ClaimedExecution.objects.get(job_id=job.pk)
-    locked, release = threading.Event(), threading.Event()
 
-    def hold_lock():
-        try:
-            with transaction.atomic():
-                ClaimedExecution.objects.select_for_update().get(pk=claim.pk)
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(timeout=30)
+    with locked_elsewhere(ClaimedExecution.objects.filter(pk=claim.pk)):
         supervisor.recover(2**22, "killed by SIGKILL", {claim.pk})
         assert not Process.objects.filter(pk=dead.process.pk).exists()
         assert claimed_by(job) == dead.process.pk  # skipped, and remembered as a run
-    finally:
-        release.set()
-        holder.join()
-
     supervisor.maintain()
 
     assert not supervisor.unrecovered
     assert Job.objects.get(pk=job.pk).interruption_count == 1
     result.refresh()
     assert [error.exception_class for error in result.errors] == [ProcessMissingError]
+
+
+def test_a_rolled_back_exactly_once_run_is_interrupted_though_its_job_is_locked(
+    transactional_db,
+):
+    """The transaction of an exactly_once run deadlocked with another that locks its job:
+    the worker waits for that lock to record the interruption, rather than skip its own
+    claim and leave it claimed with nobody running it."""
+    worker = InProcessWorker()
+    result = record_exactly_once.enqueue("deadlocked")
+    [job] = worker.claim()
+    error = TransactionRolledBackError("the transaction of its run was rolled back: deadlock")
+
+    with locked_elsewhere(Job.objects.filter(pk=job.pk), until_waited_for=True):
+        recorded = worker.worker.interrupt_run(job, error)
+
+    assert recorded is not None
+    assert recorded.interruption_count == 1
+    assert claimed_by(job) is None
+    result.refresh()
+    assert [error.exception_class for error in result.errors] == [TransactionRolledBackError]
 
 
 # --- retry of a failed job -------------------------------------------------------------
