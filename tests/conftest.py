@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import importlib
 import json
 import os
 import signal
@@ -227,25 +228,43 @@ def worker(db):
     return InProcessWorker()
 
 
+# The database servers of the tests' own, per vendor, which a test may stop and restart:
+# (its module, the server, the variable that makes it required where CI is not set).
+RESTARTABLE_SERVERS = {
+    "postgresql": ("pgcluster", "PostgreSQL", "DQ_REQUIRE_POSTGRES"),
+    "mysql": ("mariadb_server", "MariaDB", "DQ_REQUIRE_MYSQL"),
+}
+
+
+def restartable_server():
+    """The module managing the restartable server of the suite's database vendor
+    (tests/pgcluster.py on PostgreSQL, tests/mariadb_server.py on MySQL and MariaDB), made
+    sure to run; the test is skipped where there is none, and where it cannot be started,
+    unless CI (or DQ_REQUIRE_POSTGRES=1, DQ_REQUIRE_MYSQL=1) is set: then it fails."""
+    if connection.vendor not in RESTARTABLE_SERVERS:
+        pytest.skip(f"restarting the database server is not a {connection.vendor} test")
+    module, name, required = RESTARTABLE_SERVERS[connection.vendor]
+    server = importlib.import_module(f"{__package__}.{module}")
+    try:
+        server.ensure()
+    except server.Unavailable as error:
+        message = f"the tests' own {name} server (tests/{module}.py) is unavailable: {error}"
+        if os.environ.get("CI") or os.environ.get(required) == "1":
+            pytest.fail(f"{message} (CI or {required}=1 is set, so this is a failure)")
+        pytest.skip(message)
+    return server
+
+
 @pytest.fixture(scope="session")
 def restartable_database(django_db_setup, django_db_blocker):
-    """The name of a database with dq's and the tests' tables on the tests' own PostgreSQL
-    cluster (tests/pgcluster.py), where a test may stop and restart PostgreSQL."""
-    from . import pgcluster
-
-    if connection.vendor != "postgresql":
-        pytest.skip("restarting the database server is a PostgreSQL test")
-    try:
-        pgcluster.ensure()
-    except pgcluster.Unavailable as error:
-        if os.environ.get("DQ_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"the restartable PostgreSQL cluster is unavailable: {error}")
-        pytest.skip(f"the restartable PostgreSQL cluster is unavailable: {error}")
+    """The name of a database with dq's and the tests' tables on the tests' own server
+    (restartable_server()), where a test may stop and restart the server."""
+    server = restartable_server()
     # One per test database, so that sessions on different databases do not share it.
     name = f"dq_restartable_{connection.settings_dict['NAME']}"
-    pgcluster.create_database(name)
+    server.create_database(name)
     env = subprocess_env()
-    env["DATABASE_URL"] = pgcluster.url(name)
+    env["DATABASE_URL"] = server.url(name)
     migrate = subprocess.run(
         [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
         cwd=ROOT,
@@ -255,54 +274,53 @@ def restartable_database(django_db_setup, django_db_blocker):
     )
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
     yield name
-    with contextlib.suppress(Exception):  # the cluster may have been stopped by a test
-        pgcluster.drop_database(name)
+    with contextlib.suppress(Exception):  # the server may have been stopped by a test
+        server.drop_database(name)
 
 
-class RestartableCluster:
-    """Stops and restarts the cluster the test's database lives on; the test's own
+class RestartableServer:
+    """Stops and restarts the server the test's database lives on; the test's own
     connection is closed after each, so its next query opens a new one."""
 
-    def __init__(self, pgcluster):
-        self.pgcluster = pgcluster
+    def __init__(self, server, name):
+        self.server = server
+        self.name = name  # "PostgreSQL", "MariaDB"
 
     def restart(self):
-        self.pgcluster.restart()
+        self.server.restart()
         connection.close()
 
     def stop(self):
-        self.pgcluster.stop()
+        self.server.stop()
         connection.close()
 
     def start(self):
-        self.pgcluster.start()
+        self.server.start()
         connection.close()
 
 
 @pytest.fixture
 def restartable_db(transactional_db, restartable_database):
     """Point the test's default database, and so every dq_work it starts, at
-    ``restartable_database``, emptied first; yields a RestartableCluster."""
-    from . import pgcluster
-
+    ``restartable_database``, emptied first; yields a RestartableServer."""
+    server = restartable_server()  # a test before this one may have left it stopped
     wrapper = connections[DEFAULT_DB_ALIAS]
     saved = wrapper.settings_dict
     wrapper.close()
     wrapper.settings_dict = {
         **saved,
         "NAME": restartable_database,
-        "HOST": pgcluster.HOST,
-        "PORT": pgcluster.PORT,
-        "USER": pgcluster.USER,
+        "HOST": server.HOST,
+        "PORT": server.PORT,
+        "USER": server.USER,
         "PASSWORD": "",
     }
     try:
-        pgcluster.ensure()  # a test before this one may have left it stopped
         call_command("flush", interactive=False, inhibit_post_migrate=True, verbosity=0)
-        yield RestartableCluster(pgcluster)
+        yield RestartableServer(server, RESTARTABLE_SERVERS[connection.vendor][1])
     finally:
         with contextlib.suppress(Exception):
-            pgcluster.ensure()
+            server.ensure()
         wrapper.close()
         wrapper.settings_dict = saved
 

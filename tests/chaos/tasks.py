@@ -9,7 +9,7 @@ from django.tasks import task
 
 from ..models import AtLeastOnceExecution, AtMostOnceExecution, ExactlyOnceExecution
 
-# Retries absorb a task's own database errors while PostgreSQL restarts.
+# Retries absorb a task's own database errors while the database server restarts.
 RETRIES = {"takes_context": True, "max_attempts": 3, "backoff": 0.1}
 
 
