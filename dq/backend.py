@@ -102,7 +102,7 @@ NUMBER_OPTIONS = (
     ("max_attempts", True, False, ""),
     ("timeout", False, True, " of seconds"),
     ("concurrency_limit", True, False, ""),
-    ("concurrency_duration", False, True, " of seconds"),
+    ("concurrency_duration", False, False, " of seconds"),
     ("unique_for", False, True, " of seconds"),
 )
 DEFAULTS = {field.name: field.default for field in fields(DQTask)}

@@ -54,7 +54,7 @@ class BlockedExecution(QueuedExecution):
             if blocked is None:
                 return False
             job = Job.objects.using(using).get(pk=blocked.job_id)
-            # Both are set with the key (but the backend lets concurrency_duration be None).
+            # Both are set with the key.
             if not Semaphore.acquire(
                 key,
                 job.concurrency_limit,  # type: ignore[arg-type]

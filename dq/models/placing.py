@@ -37,7 +37,7 @@ class Placing:
         for job in cls.in_key_order(jobs):
             if job.status != cls.Status.READY or not job.concurrency_key:
                 continue
-            # Both are set with the key (but the backend lets concurrency_duration be None).
+            # Both are set with the key.
             if Semaphore.acquire(
                 job.concurrency_key,
                 job.concurrency_limit,  # type: ignore[arg-type]

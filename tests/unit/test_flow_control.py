@@ -189,6 +189,7 @@ def test_arguments_that_do_not_fit_the_task_are_refused_at_enqueue():
         ({"concurrency_limit": 0}, "concurrency_limit must be"),
         ({"concurrency_limit": True}, "concurrency_limit must be"),
         ({"concurrency_duration": 0}, "concurrency_duration must be"),
+        ({"concurrency_duration": None}, "concurrency_duration must be a number of seconds"),
         ({"on_conflict": "wait"}, "on_conflict must be"),
         ({"unique_key": ""}, "unique_key must be"),
         ({"unique_for": -1}, "unique_for must be"),
