@@ -59,6 +59,7 @@ class Sizes:
     # (backlog, label, dq_work arguments)
     drains: tuple[tuple[int, str, tuple[str, ...]], ...]
     latency_jobs: int
+    polling_latency_jobs: int
     history: int
     waiting: int
     scale_drain: int
@@ -67,6 +68,11 @@ class Sizes:
     ceiling_connections: int
 
 
+# The polling intervals compared where idle workers poll, the variable that sets one for
+# dq_work (benchmarks/settings.py) and the idle time measured at each.
+POLLING_INTERVALS = (0.05, 0.1, 0.25, 0.5)
+POLLING = "DQ_BENCH_POLLING_INTERVAL"
+IDLE_SECONDS = 5.0
 DEFAULT_PROCESSES = default_worker_processes()
 DEFAULTS = (
     f"defaults ({DEFAULT_PROCESSES} process{'es' if DEFAULT_PROCESSES > 1 else ''} x 5 threads)"
@@ -84,6 +90,7 @@ FULL = Sizes(
         (50_000, DEFAULTS, ()),
     ),
     latency_jobs=300,
+    polling_latency_jobs=150,
     history=1_000_000,
     waiting=100_000,
     scale_drain=3_000,
@@ -97,6 +104,7 @@ QUICK = Sizes(
     bulk_batch=1_000,
     drains=((2_000, DEFAULTS, ()), (2_000, *TWO_BY_TEN)),
     latency_jobs=150,
+    polling_latency_jobs=60,
     history=100_000,
     waiting=10_000,
     scale_drain=1_000,
@@ -210,12 +218,12 @@ def mysql_facts(cursor):
 class DQWork:
     """``python -m django dq_work ARGS`` in a subprocess, with its output in a log file."""
 
-    def __init__(self, args, label):
+    def __init__(self, args, label, env=None):
         LOGS.mkdir(parents=True, exist_ok=True)
         slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
         self.log_path = LOGS / f"{connection.vendor}-{slug}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.cpu_before = children_cpu()
         self.database_before = server_threads()
         self.started = time.time()
@@ -506,17 +514,15 @@ def cpu_per_job(dq_work, database, jobs):
     }
 
 
-def measure_latency(count):
+def measure_latency(count, polling_interval=None):
+    """Pickup latency: jobs enqueued one by one, 10-50 ms apart, to an idle dq_work (its
+    workers polling every ``polling_interval`` s, where given)."""
     flush()
-    work = DQWork([], "latency")
+    label = "latency" if polling_interval is None else f"latency-polling-{polling_interval}"
+    env = None if polling_interval is None else {POLLING: str(polling_interval)}
+    work = DQWork([], label, env)
     try:
-        wait_for(
-            lambda: Process.objects.filter(kind=Process.Kind.WORKER).exists(),
-            timeout=60,
-            what="dq_work's worker registering",
-            work=work,
-        )
-        time.sleep(1.0)  # let it reach its idle wait (and LISTEN, on PostgreSQL)
+        wait_until_idle(work)
         chance = random.Random(20260509)
         returned = {}
         for number in range(count):
@@ -539,6 +545,63 @@ def measure_latency(count):
     )
     say(line)
     return result
+
+
+def wait_until_idle(work):
+    wait_for(
+        lambda: Process.objects.filter(kind=Process.Kind.WORKER).count() == DEFAULT_PROCESSES,
+        timeout=60,
+        what="dq_work's workers registering",
+        work=work,
+    )
+    time.sleep(1.0)  # let them reach their idle wait (and LISTEN, on PostgreSQL)
+
+
+def measure_polling(sizes):
+    """Where idle workers poll (every database but PostgreSQL): the pickup latency and the
+    cost of an idle dq_work, for each polling interval of POLLING_INTERVALS. The cost is
+    what dq_work's processes and the database server (MariaDB: its statements counted)
+    spend while no job comes, over IDLE_SECONDS."""
+    if connection.vendor == "postgresql":
+        return None
+    result = []
+    for interval in POLLING_INTERVALS:
+        flush()
+        work = DQWork([], f"idle-polling-{interval}", {POLLING: str(interval)})
+        try:
+            wait_until_idle(work)
+            pids = [work.proc.pid, *children_of(work.proc.pid)]
+            ticks, statements = tree_ticks(pids), statements_served()
+            time.sleep(IDLE_SECONDS)  # the window measured: nothing to wait for
+            ticks, statements = tree_ticks(pids) - ticks, statements_served() - statements
+        finally:
+            work.stop()
+        idle = {
+            "polling_interval_s": interval,
+            "dq_work_cpu_percent": 100 * ticks / os.sysconf("SC_CLK_TCK") / IDLE_SECONDS,
+            # Less the measurement's own second statement.
+            "statements_per_s": None if statements is None else (statements - 1) / IDLE_SECONDS,
+        }
+        idle["latency"] = measure_latency(sizes.polling_latency_jobs, interval)
+        say(
+            f"polling every {interval} s: idle dq_work {idle['dq_work_cpu_percent']:.1f}% "
+            f"of a core, {idle['statements_per_s'] or 0:.0f} statements/s"
+        )
+        result.append(idle)
+    return result
+
+
+def tree_ticks(pids):
+    return sum(cpu_ticks(f"/proc/{pid}/stat") or 0 for pid in pids)
+
+
+def statements_served():
+    """The statements the MySQL or MariaDB server has run since it started; None elsewhere."""
+    if connection.vendor != "mysql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
+        return int(cursor.fetchone()[1])
 
 
 def job_columns(status, *, finished):
@@ -774,6 +837,7 @@ def main(argv=None):
     results["enqueue"] = measure_enqueue(sizes)
     results["drain"] = [measure_drain(size, label, args) for size, label, args in sizes.drains]
     results["latency"] = measure_latency(sizes.latency_jobs)
+    results["polling"] = measure_polling(sizes)
     results["scale"] = measure_scale(sizes)
     results["load_after"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - began

@@ -206,6 +206,29 @@ def table(results):
         lambda run: " / ".join(ms(run["latency"][f"p{p}_ms"]) for p in (50, 95, 99)),
     )
 
+    polled = [name for name in names if runs[name].get("polling")]
+    if polled:
+        section(
+            "Polling (idle workers, all but PostgreSQL): pickup p50 / p95 ms; idle dq_work "
+            "% of a core; statements/s (MariaDB)"
+        )
+        for index, interval in enumerate(
+            idle["polling_interval_s"] for idle in runs[polled[0]]["polling"]
+        ):
+
+            def polling(run, index=index):
+                if not run.get("polling"):
+                    return "-"
+                idle = run["polling"][index]
+                statements = idle["statements_per_s"]
+                return (
+                    f"{ms(idle['latency']['p50_ms'])} / {ms(idle['latency']['p95_ms'])}; "
+                    f"{idle['dq_work_cpu_percent']:.1f}%"
+                    + ("" if statements is None else f"; {statements:.0f}")
+                )
+
+            row(f"  every {interval} s", polling)
+
     section(
         f"Large history ({sizes['history']:,} finished + {sizes['waiting']:,} waiting jobs): "
         "empty -> large"

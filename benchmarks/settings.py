@@ -30,3 +30,6 @@ INSTALLED_APPS = ["dq", "benchmarks"]
 
 # dq's defaults: no OPTIONS, as a user starts out.
 TASKS = {"default": {"BACKEND": "dq.backend.DQBackend", "QUEUES": []}}
+# Where the benchmark compares polling intervals, the one of dq_work's workers.
+if polling_interval := env.float("DQ_BENCH_POLLING_INTERVAL", default=None):
+    TASKS["default"]["OPTIONS"] = {"workers": [{"polling_interval": polling_interval}]}
