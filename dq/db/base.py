@@ -28,6 +28,11 @@ READY = "dq_ready_execution"
 CLAIMED = "dq_claimed_execution"
 SCHEDULED = "dq_scheduled_execution"
 PAUSES = "dq_pause"
+# The ready rows a claim may take: of its backend, its queues (``where``, a selector's
+# SQL over r.queue_name, to format in) and no paused queue. Parameters: the backend, then
+# the selector's.
+WAITING = f"""FROM {READY} r WHERE r.backend = %s AND {{where}}
+AND NOT EXISTS (SELECT 1 FROM {PAUSES} p WHERE p.queue_name = r.queue_name)"""
 
 # A column of jobs to insert: (column, SQL type, value) when every job has the same value,
 # (column, SQL type, [value per job]) otherwise; values prepared for the database.
@@ -152,10 +157,11 @@ class Database:
         over those another claim locked), delete them, insert their claims, read the
         claimed jobs; no RETURNING needed."""
         where, params = claim.selector.sql("r.queue_name")
+        if not self._any_ready(claim):
+            return NOTHING
         with self.atomic(savepoint=False), self.cursor() as cursor:
             cursor.execute(
-                f"SELECT r.id, r.job_id FROM {READY} r WHERE r.backend = %s AND {where} "
-                f"AND NOT EXISTS (SELECT 1 FROM {PAUSES} p WHERE p.queue_name = r.queue_name) "
+                f"SELECT r.id, r.job_id {WAITING.format(where=where)} "
                 f"ORDER BY r.priority DESC, r.job_id "
                 f"{self.connection.ops.limit_offset_sql(0, claim.limit)}{self._skip_locked()}",
                 [claim.backend, *params],
@@ -180,6 +186,21 @@ class Database:
             columns = [column[0] for column in cursor.description]
             return Returned(columns, list(cursor.fetchall()))
 
+    def _any_ready(self, claim: Claim) -> bool:
+        """Outside a transaction, whether ``claim`` may find a job, by a read that locks
+        nothing: an idle worker's poll is then one statement, not a transaction (on SQLite,
+        not a wait for the write lock every writer needs). Inside one (a flush), True."""
+        if self.connection.in_atomic_block:
+            return True
+        where, params = claim.selector.sql("r.queue_name")
+        with self.cursor() as cursor:
+            cursor.execute(
+                f"SELECT 1 {WAITING.format(where=where)} "
+                f"{self.connection.ops.limit_offset_sql(0, 1)}",
+                [claim.backend, *params],
+            )
+            return cursor.fetchone() is not None
+
     def flush(
         self,
         *,
@@ -194,6 +215,8 @@ class Database:
         ``End``), and a ``claim`` of more jobs. A run's end also records its start when
         that was not recorded yet. Claims already gone (taken over) match nothing, and are
         missing from what comes back; a start recorded before counts as recorded."""
+        if not (starts or ends):
+            return Flushed(set(), set(), self.claim(claim, now=now) if claim else NOTHING)
         with self.atomic(savepoint=False):
             ended = self._end(ends, worker_id=worker_id, now=now) if ends else set()
             started = self._start(starts) if starts else set()

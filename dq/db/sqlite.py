@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import DatabaseError, transaction
 
 from ..serialization import attempt_record
-from .base import CLAIMED, JOBS, NOTHING, PAUSES, READY, Claim, Database, End, Flushed, Returned
+from .base import CLAIMED, JOBS, NOTHING, READY, WAITING, Claim, Database, End, Returned
 
 if TYPE_CHECKING:
     from django.db.backends.sqlite3.base import DatabaseWrapper
@@ -31,14 +31,9 @@ if TYPE_CHECKING:
 
 _LOCK_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
-_WAITING = f"""
-FROM {READY} r
-WHERE r.backend = %s AND {{where}}
-  AND NOT EXISTS (SELECT 1 FROM {PAUSES} p WHERE p.queue_name = r.queue_name)"""
-_ANY_READY = f"SELECT 1 {_WAITING} LIMIT 1"
 _TAKE_READY = f"""
 DELETE FROM {READY} WHERE id IN (
-    SELECT r.id {_WAITING}
+    SELECT r.id {WAITING}
     ORDER BY r.priority DESC, r.job_id
     LIMIT {{limit:d}}
 )
@@ -129,40 +124,19 @@ class SQLiteDatabase(Database):
 
     def claim(self, claim: Claim, *, now: datetime) -> Returned:
         where, params = claim.selector.sql("r.queue_name")
-        with self.cursor() as cursor:
-            if not self.connection.in_atomic_block:
-                # An empty poll must not queue for the write lock every writer needs.
-                cursor.execute(_ANY_READY.format(where=where), [claim.backend, *params])
-                if cursor.fetchone() is None:
-                    return NOTHING
-            # Inside a transaction (a flush) no savepoint: an error ends it all.
-            with self.atomic(savepoint=False):
-                cursor.execute(
-                    _TAKE_READY.format(where=where, limit=claim.limit), [claim.backend, *params]
-                )
-                taken = [job_id for (job_id,) in cursor.fetchall()]
-                if not taken:
-                    return NOTHING
-                now_value = self.connection.ops.adapt_datetimefield_value(now)
-                cursor.execute(_INSERT_CLAIMS, [claim.process_id, now_value, json.dumps(taken)])
-                return self._jobs(
-                    cursor, {job_id: claim_id for claim_id, job_id in cursor.fetchall()}
-                )
-
-    def flush(
-        self,
-        *,
-        starts: dict[int, datetime],
-        ends: dict[int, End],
-        claim: Claim | None,
-        worker_id: str,
-        now: datetime,
-    ) -> Flushed:
-        """One hold of the write lock: two statements for the ends, three for the starts,
-        three for the claim."""
-        if not (starts or ends):
-            return Flushed(set(), set(), self.claim(claim, now=now) if claim else NOTHING)
-        return super().flush(starts=starts, ends=ends, claim=claim, worker_id=worker_id, now=now)
+        if not self._any_ready(claim):
+            return NOTHING
+        # Inside a transaction (a flush) no savepoint: an error ends it all.
+        with self.cursor() as cursor, self.atomic(savepoint=False):
+            cursor.execute(
+                _TAKE_READY.format(where=where, limit=claim.limit), [claim.backend, *params]
+            )
+            taken = [job_id for (job_id,) in cursor.fetchall()]
+            if not taken:
+                return NOTHING
+            now_value = self.connection.ops.adapt_datetimefield_value(now)
+            cursor.execute(_INSERT_CLAIMS, [claim.process_id, now_value, json.dumps(taken)])
+            return self._jobs(cursor, {job_id: claim_id for claim_id, job_id in cursor.fetchall()})
 
     def _start(self, starts: dict[int, datetime]) -> set[int]:
         adapt = self._datetime_text

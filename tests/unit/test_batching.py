@@ -279,6 +279,25 @@ def test_an_empty_poll_on_sqlite_does_not_wait_for_the_write_lock():
         writer.close()
 
 
+def test_an_empty_poll_on_mysql_is_one_statement(transactional_db):
+    """Idle workers poll MySQL ten times a second: a poll that finds nothing ready is one
+    read that locks nothing, not a transaction (autocommit off, the locking read, COMMIT,
+    autocommit on: the server counts each)."""
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL's statements, as its server counts them")
+    record.using(queue_name="EMAIL-x").enqueue("not for email*")
+    worker = InProcessWorker(queues=("email*",))
+
+    def statements():
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
+            return int(cursor.fetchone()[1])
+
+    before = statements()
+    assert worker.worker.flush() == 0
+    assert statements() - before == 2  # the poll and the second SHOW
+
+
 def test_the_generic_database_runs_the_whole_flow_on_this_database(generic_database):
     """The class any database without one of its own uses (dq.db.base.Database), here on
     SQLite or PostgreSQL: enqueue one and many, claim, end, retry, schedule."""
