@@ -1,12 +1,14 @@
 """A MariaDB server of the tests' own, for restarting under dq: outage tests and the chaos
 run stop and restart it without disturbing anyone else's database.
 
-Its data directory is under the project (``.test-db/mariadb``, ignored by git), made with
-``mariadb-install-db``; ``mariadbd`` runs on port 3340, bound to 127.0.0.1, detached from
-whoever started it, as the user who started it (``--user=root`` when that is root, which
-mariadbd otherwise refuses). Root logs in over TCP with an empty password, as on the
-MariaDB the suite itself uses. ``python -m tests.mariadb_server`` makes sure it exists and
-runs (``.ci/run`` calls it).
+Its data directory is one per user of the machine (``/var/tmp/dq-tests-mariadb-UID``, or
+``DQ_MARIADB_DIR``), like the PostgreSQL cluster of tests/pgcluster.py, so that every
+checkout finds the server another one started; it is made with ``mariadb-install-db``.
+``mariadbd`` runs on port 3340, bound to 127.0.0.1, detached from whoever started it, as
+the user who started it (``--user=root`` when that is root, which mariadbd otherwise
+refuses). Root logs in over TCP with an empty password, as on the MariaDB the suite itself
+uses. ``python -m tests.mariadb_server`` makes sure it exists and runs (``.ci/run`` calls
+it).
 """
 
 import contextlib
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import MySQLdb
 
-ROOT = Path(__file__).resolve().parent.parent
-DIRECTORY = Path(os.environ.get("DQ_MARIADB_DIR", ROOT / ".test-db" / "mariadb")).resolve()
+DIRECTORY = Path(
+    os.environ.get("DQ_MARIADB_DIR", f"/var/tmp/dq-tests-mariadb-{os.getuid()}")
+).resolve()
 DATADIR = DIRECTORY / "data"
 SOCKET = DIRECTORY / "mariadbd.sock"
 PID_FILE = DIRECTORY / "mariadbd.pid"
