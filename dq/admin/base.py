@@ -79,6 +79,7 @@ class DQModelAdmin[ModelT: Model](_ModelAdmin[ModelT]):
 
     class Media:
         css = {"all": ["dq/admin.css"]}
+        js = ["dq/live.js"]
 
     @property
     def db(self) -> str:

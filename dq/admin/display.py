@@ -1,15 +1,14 @@
 """Small, escaped HTML fragments the dq admin pages share."""
 
 import json
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.formats import localize
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
-from django.utils.timesince import timesince, timeuntil
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
 from ..stats import STATE_BY_STATUS
 
@@ -32,6 +31,20 @@ def alive_badge(alive: bool) -> SafeString:
     return format_html('<span class="dq-state dq-state-stale">{}</span>', "stale")
 
 
+def breakable(name: str) -> SafeString:
+    """A task path or queue name that a narrow column may break after a dot, a dash or an
+    underscore, and nowhere else."""
+    parts = re.split(r"(?<=[._-])", name)
+    return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
+
+
+def arguments_preview(args_text: str | None, kwargs_text: str | None, length: int = 60) -> str:
+    """A job's arguments as one short line of their JSON: "[4711] {"amount": ...}"."""
+    parts = [text for text in (args_text, kwargs_text) if text and text not in ("[]", "{}")]
+    line = " ".join(parts)
+    return line if len(line) <= length else line[: length - 1] + "…"
+
+
 def job_link(job_id: int, text: str | None = None) -> SafeString:
     return format_html(
         '<a href="{}">{}</a>',
@@ -46,12 +59,20 @@ def process_link(process_id: int, name: str) -> SafeString:
     )
 
 
-def waiting_for(blocked: "BlockedExecution") -> SafeString:
-    """What a blocked execution waits for: a slot of its concurrency key."""
+def waiting_for(blocked: "BlockedExecution", holders: list[int] | None = None) -> SafeString:
+    """What a blocked execution waits for: a slot of its concurrency key, and (given) the
+    jobs that hold the key's slots now."""
+    held = ""
+    if holders is not None:
+        held = format_html(
+            "; held by {}",
+            format_html_join(", ", "{}", ((job_link(pk),) for pk in holders)) if holders else "-",
+        )
     return format_html(
-        "a free slot of <code>{}</code> (at most {} at once)",
+        "a free slot of <code>{}</code> (at most {} at once){}",
         blocked.concurrency_key,
         blocked.job.concurrency_limit,
+        held,
     )
 
 
@@ -62,31 +83,77 @@ def pretty_json(value: object) -> SafeString:
     )
 
 
+def clock(value: datetime, now: datetime | None = None) -> str:
+    """An absolute time to the second, in the current time zone: "14:03:27" today,
+    "Dec 2, 14:03:27" this year, "Dec 2 2025, 14:03:27" before."""
+    local, today = timezone.localtime(value), timezone.localtime(now or timezone.now())
+    if local.date() == today.date():
+        return f"{local:%H:%M:%S}"
+    if local.year == today.year:
+        return f"{local:%b} {local.day}, {local:%H:%M:%S}"
+    return f"{local:%b} {local.day} {local.year}, {local:%H:%M:%S}"
+
+
+def span(seconds: float) -> str:
+    """A span of time, short, to the second: "12 s", "4 min 5 s", "3 h 12 min", "2 d 4 h"."""
+    whole = int(abs(seconds))
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def relative(value: datetime, now: datetime | None = None) -> str:
+    """How long ago, or how far ahead, ``value`` is: "12 s ago", "in 4 min 5 s"."""
+    seconds = ((now or timezone.now()) - value).total_seconds()
+    return f"{span(seconds)} ago" if seconds >= 0 else f"in {span(seconds)}"
+
+
 def moment(value: datetime | str | None, now: datetime | None = None) -> SafeString | str:
-    """An absolute time with how long ago (or how far ahead) it is."""
+    """An absolute time to the second with how long ago (or how far ahead) it is; the full
+    time, to the millisecond, in its title."""
     if value is None:
         return "-"
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     now = now or timezone.now()
-    relative = f"{timesince(value, now)} ago" if value <= now else f"in {timeuntil(value, now)}"
     return format_html(
-        '{} <span class="dq-ago">({})</span>', localize(timezone.localtime(value)), relative
+        '<time datetime="{}" title="{}">{}</time> <span class="dq-ago">{}</span>',
+        value.isoformat(),
+        timezone.localtime(value).isoformat(sep=" ", timespec="milliseconds"),
+        clock(value, now),
+        relative(value, now),
     )
 
 
 def age(value: datetime | None, now: datetime | None = None) -> str:
-    """How long ago ``value`` was, short: "3\u00a0minutes"."""
+    """How long ago ``value`` was, short: "12 s", "3 min 4 s"."""
     if value is None:
         return "-"
-    return timesince(value, now or timezone.now())
+    return span(((now or timezone.now()) - value).total_seconds())
+
+
+def run_time(seconds: float | None) -> str:
+    """How long a run took: milliseconds under a second, else seconds, then minutes."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.3f} s"
+    return span(seconds)
 
 
 def duration(started_at: str | None, finished_at: str | None) -> str:
-    """Seconds between two ISO times of an attempt, rounded for reading."""
+    """How long an attempt ran, from its two ISO times."""
     if not started_at or not finished_at:
         return "-"
-    seconds = (
-        datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)
-    ).total_seconds()
-    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return run_time(
+        (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
+    )

@@ -8,7 +8,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
@@ -21,7 +21,15 @@ from ..models import (
 )
 from ..stats import is_alive, shown_config
 from .base import DQModelAdmin, JobActionsMixin
-from .display import age, alive_badge, job_link, moment, process_link, waiting_for
+from .display import (
+    age,
+    alive_badge,
+    breakable,
+    job_link,
+    moment,
+    process_link,
+    waiting_for,
+)
 from .filters import ClaimHeartbeatFilter, JobQueueFilter, JobTaskFilter, QueueFilter
 
 if TYPE_CHECKING:
@@ -40,6 +48,8 @@ if TYPE_CHECKING:
 
     Claim = WithAnnotations[ClaimedExecution, ClaimAnnotations]
 
+
+HOLDERS_SHOWN = 3  # the jobs holding a key's slots a blocked row names
 
 # The job columns the lists show; its large JSON columns stay unread.
 JOB_COLUMNS = [
@@ -80,40 +90,80 @@ class ExecutionAdmin[
         return job_link(execution.job_id)
 
     @admin.display(description="task")
-    def task(self, execution: ExecutionT) -> str:
-        return execution.job.task_path
+    def task(self, execution: ExecutionT) -> SafeString:
+        return breakable(execution.job.task_path)
 
     @admin.display(description="queue")
-    def queue(self, execution: ExecutionT) -> str:
-        return execution.job.queue_name
+    def queue(self, execution: ExecutionT) -> SafeString:
+        return breakable(execution.job.queue_name)
+
+    @admin.display(description="queue", ordering="queue_name")
+    def own_queue(self, execution: ScheduledExecution | BlockedExecution) -> SafeString:
+        """The queue a waiting execution copies from its job."""
+        return breakable(execution.queue_name)
 
 
 @admin.register(FailedExecution)
 class FailedExecutionAdmin(ExecutionAdmin[FailedExecution]):
-    list_display = [
-        "job_id_link",
-        "task",
-        "queue",
-        "exception_class_path",
-        "error",
-        "attempts",
-        "failed_at",
-    ]
+    list_display = ["job_id_link", "task", "queue", "error", "attempts", "failed"]
     list_filter = [JobQueueFilter, JobTaskFilter, "exception_class_path"]
     search_fields = ["=job__id", "job__task_path", "exception_class_path"]
     search_help_text = "A job id, part of a task path, or an exception class."
     ordering = ["-id"]
-    sortable_by = ["job_id_link", "failed_at"]
+    sortable_by = ["job_id_link", "failed"]
     actions = ["retry_jobs", "discard_jobs"]
+    # The actions each row offers as buttons (the form of each: failedexecution's
+    # change_list.html), with the permission each takes.
+    row_actions = [("retry_jobs", "Retry", "retry"), ("discard_jobs", "Discard", "discard")]
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        allowed = [
+            (name, label)
+            for name, label, permission in self.row_actions
+            if getattr(self, f"has_{permission}_permission")(request)
+        ]
+        if not allowed:
+            return list(self.list_display)
+
+        @admin.display(description="actions")
+        def buttons(failed: FailedExecution) -> SafeString:
+            return format_html_join(
+                "",
+                '<button type="submit" form="dq-row-{}" name="_selected_action" value="{}" '
+                'class="dq-row-button dq-{}" title="{} job {}">{}</button>',
+                (
+                    (name, failed.pk, label.lower(), label, failed.job_id, label)
+                    for name, label in allowed
+                ),
+            )
+
+        return [*self.list_display, buttons]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        allowed = [
+            name
+            for name, _, permission in self.row_actions
+            if getattr(self, f"has_{permission}_permission")(request)
+        ]
+        return super().changelist_view(request, {**(extra_context or {}), "row_actions": allowed})
 
     @admin.display(description="error")
     def error(self, failed: FailedExecution) -> SafeString:
         return format_html(
-            '{}<details class="dq-details"><summary>traceback</summary>'
+            '<span class="dq-error-class">{}</span>'
+            '<span class="dq-error-message">{}</span>'
+            '<details class="dq-details"><summary>traceback</summary>'
             '<pre class="dq-traceback">{}</pre></details>',
-            Truncator(failed.message).chars(200),
+            failed.exception_class_path,
+            Truncator(failed.message).chars(300),
             failed.traceback,
         )
+
+    @admin.display(description="failed", ordering="failed_at")
+    def failed(self, failed: FailedExecution) -> SafeString | str:
+        return moment(failed.failed_at)
 
     @admin.display(description="attempts")
     def attempts(self, failed: FailedExecution) -> int:
@@ -183,7 +233,7 @@ class ClaimedExecutionAdmin(ExecutionAdmin[ClaimedExecution]):
 class ScheduledExecutionAdmin(ExecutionAdmin[ScheduledExecution]):
     """Jobs waiting for their time: deferred with run_after, or backing off before a retry."""
 
-    list_display = ["job_id_link", "task", "queue_name", "priority", "runs_at", "why"]
+    list_display = ["job_id_link", "task", "own_queue", "priority", "runs_at", "why"]
     list_filter = [QueueFilter, JobTaskFilter]
     search_fields = ["=job__id", "job__task_path"]
     search_help_text = "A job id, or part of a task path."
@@ -207,7 +257,7 @@ class ScheduledExecutionAdmin(ExecutionAdmin[ScheduledExecution]):
 class BlockedExecutionAdmin(ExecutionAdmin[BlockedExecution]):
     """Jobs waiting for a free slot of their concurrency key."""
 
-    list_display = ["job_id_link", "task", "queue_name", "priority", "waiting_for", "since"]
+    list_display = ["job_id_link", "task", "own_queue", "priority", "waiting_for", "since"]
     list_filter = [QueueFilter, JobTaskFilter]
     search_fields = ["=job__id", "job__task_path", "concurrency_key"]
     search_help_text = "A job id, part of a task path, or a concurrency key."
@@ -218,7 +268,7 @@ class BlockedExecutionAdmin(ExecutionAdmin[BlockedExecution]):
 
     @admin.display(description="waiting for", ordering="concurrency_key")
     def waiting_for(self, blocked: BlockedExecution) -> SafeString:
-        return waiting_for(blocked)
+        return waiting_for(blocked, blocked.slot_holders(HOLDERS_SHOWN, using=self.db))
 
     @admin.display(description="blocked since", ordering="created_at")
     def since(self, blocked: BlockedExecution) -> SafeString | str:

@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast, Left
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -24,10 +25,13 @@ from .base import DQModelAdmin, JobActionsMixin
 from .display import (
     age,
     alive_badge,
+    arguments_preview,
+    breakable,
     duration,
     moment,
     pretty_json,
     process_link,
+    run_time,
     state_badge,
     waiting_for,
 )
@@ -37,15 +41,21 @@ if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
     from django.utils.datastructures import _ListOrTuple
 
-# Large JSON columns the list never shows.
+# Large JSON columns the list never reads whole.
 LIST_DEFERRED = ["args", "kwargs", "attempts", "return_value", "backoff"]
+ARGUMENTS_READ = 80  # characters of each of a job's args and kwargs the list reads
 
 
 class JobChangeList(ChangeList):
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
     ) -> QuerySet[Job]:
-        return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED)
+        # The arguments' first characters only, cut by the database: a preview per row.
+        jobs: QuerySet[Job] = super().get_queryset(request, exclude_parameters)
+        return jobs.defer(*LIST_DEFERRED).annotate(
+            args_head=Left(Cast("args", TextField()), ARGUMENTS_READ),
+            kwargs_head=Left(Cast("kwargs", TextField()), ARGUMENTS_READ),
+        )
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -58,13 +68,14 @@ class JobChangeList(ChangeList):
 class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     list_display = [
         "id",
-        "task_path",
-        "queue_name",
-        "priority",
+        "task",
+        "queue",
         "state",
-        "attempt_count",
-        "enqueued_at",
-        "finished_at",
+        "arguments",
+        "attempts_so_far",
+        "enqueued",
+        "finished",
+        "ran_for",
     ]
     list_filter = [StateFilter, QueueFilter, TaskFilter, RetriedFilter]
     search_fields = ["=id", "task_path"]
@@ -141,6 +152,51 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     @admin.display(description="state", ordering="status")
     def state(self, job: Job) -> SafeString:
         return state_badge(job.status)
+
+    @admin.display(description="task")
+    def task(self, job: Job) -> SafeString:
+        return breakable(job.task_path)
+
+    @admin.display(description="queue")
+    def queue(self, job: Job) -> SafeString:
+        if job.priority:
+            return format_html(
+                '{} <span class="dq-ago">priority {}</span>',
+                breakable(job.queue_name),
+                job.priority,
+            )
+        return breakable(job.queue_name)
+
+    @admin.display(description="arguments")
+    def arguments(self, job: Job) -> SafeString:
+        # The list annotates each job with the first characters of its arguments.
+        heads = getattr(job, "args_head", None), getattr(job, "kwargs_head", None)
+        preview = arguments_preview(*heads)
+        return format_html('<span class="dq-args" title="{}">{}</span>', preview, preview)
+
+    @admin.display(description="attempts")
+    def attempts_so_far(self, job: Job) -> int:
+        return job.attempt_count
+
+    @admin.display(description="enqueued")
+    def enqueued(self, job: Job) -> SafeString | str:
+        return moment(job.enqueued_at)
+
+    @admin.display(description="finished")
+    def finished(self, job: Job) -> SafeString | str:
+        return moment(job.finished_at)
+
+    @admin.display(description="run time")
+    def ran_for(self, job: Job) -> str:
+        """How long its last attempt ran: so far, while it runs."""
+        if job.last_attempted_at is None or job.status not in (
+            Job.Status.SUCCESSFUL,
+            Job.Status.FAILED,
+            Job.Status.RUNNING,
+        ):
+            return "-"
+        end = job.finished_at or timezone.now()
+        return run_time((end - job.last_attempted_at).total_seconds())
 
     @admin.display(description="arguments")
     def positional_arguments(self, job: Job) -> SafeString:

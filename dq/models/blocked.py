@@ -6,9 +6,11 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..db import database
+from .claimed import ClaimedExecution
 from .execution import QueuedExecution
 from .fields import ExactCharField
 from .job import Job
+from .ready import ReadyExecution
 from .semaphore import Semaphore
 
 
@@ -29,6 +31,21 @@ class BlockedExecution(QueuedExecution):
 
     def __str__(self) -> str:
         return f"job {self.job_id} blocked on {self.concurrency_key}"
+
+    def slot_holders(self, limit: int, *, using: str) -> list[int]:
+        """Up to ``limit`` ids of the jobs that hold a slot of this job's key now: running
+        ones first, then ready ones (a ready job took its slot when it became ready). Read
+        from the claimed and ready tables, which stay small, joined to their jobs."""
+        holders: list[int] = []
+        for execution in (ClaimedExecution, ReadyExecution):
+            if len(holders) < limit:
+                holders += (
+                    execution.objects.using(using)
+                    .filter(job__concurrency_key=self.concurrency_key)
+                    .order_by("job_id")
+                    .values_list("job_id", flat=True)[: limit - len(holders)]
+                )
+        return holders
 
     @classmethod
     def row_for(cls, job: Job) -> "BlockedExecution":

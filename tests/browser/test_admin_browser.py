@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from dq.models import Job, Pause, Process, ReadyExecution
+from dq.models import Job, Pause, Process, ReadyExecution, RecurringTask
 
 from ..conftest import ROOT, InProcessWorker, wait_until
-from ..tasks import add, boom, charge_card, fails_until_released, fails_with, limited, record
+from ..tasks import (
+    add,
+    block,
+    boom,
+    charge_card,
+    fails_until_released,
+    fails_with,
+    limited,
+    record,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,6 +150,146 @@ def test_pause_a_queue_and_see_it_paused_and_unclaimed_until_resumed(page, dq_wo
         lambda: Job.objects.get(pk=int(paused.id)).status == Job.Status.SUCCESSFUL,
         message=f"the resumed queue's job never ran:\n{work.output()}",
     )
+
+
+def live_every_2_seconds(page):
+    """Turn the page's live refresh to its shortest interval, as a person would, and mark
+    the page: the mark is gone if the page is ever loaded again."""
+    page.locator("#dq-live-every").select_option("2")
+    page.evaluate("window.dqSamePage = true")
+
+
+def test_counts_and_states_change_on_screen_when_a_job_finishes(page, dq_work, release):
+    """The overview and a filtered job list refresh by themselves: a job that finishes
+    changes its queue's count and its row's state, without a reload or a navigation, and
+    the list keeps its filter."""
+    from playwright.sync_api import expect
+
+    dq_work("--threads", "2")
+    result = block.using(queue_name="live").enqueue("watched", release.path)
+    job_id = int(result.id)
+    wait_until(lambda: Job.objects.get(pk=job_id).status == Job.Status.RUNNING)
+
+    page.goto("/admin/dq/queue/")
+    running, finished = (
+        page.locator(f"#dq-queues tr[data-queue=live] td.dq-num >> nth={index}") for index in (3, 5)
+    )
+    expect(running).to_have_text("1")
+    expect(finished).to_have_text("0")
+    live_every_2_seconds(page)
+    release.set()
+    expect(finished).to_have_text("1")
+    expect(running).to_have_text("0")
+    assert page.evaluate("window.dqSamePage") is True
+
+    second = block.using(queue_name="live").enqueue("second", release.path + "-2")
+    wait_until(lambda: Job.objects.get(pk=int(second.id)).status == Job.Status.RUNNING)
+    page.goto("/admin/dq/job/?queue=live")
+    row = page.locator(f"#result_list tbody tr:has(input.action-select[value='{second.id}'])")
+    expect(row.locator(".dq-state")).to_have_text("Running")
+    live_every_2_seconds(page)
+    Path(release.path + "-2").touch()
+    expect(row.locator(".dq-state")).to_have_text("Finished")
+    assert page.evaluate("window.dqSamePage") is True
+    assert page.url.endswith("/admin/dq/job/?queue=live")
+    expect(page.locator("#result_list tbody tr")).to_have_count(2)  # the filter still holds
+
+
+def test_retry_and_discard_from_a_row_of_the_failed_list(page, worker):
+    from playwright.sync_api import expect
+
+    retried = boom.using(queue_name="rows").enqueue()
+    discarded = boom.using(queue_name="rows").enqueue()
+    worker.work_off()
+    page.goto("/admin/dq/failedexecution/")
+
+    page.locator(f"button.dq-row-button[title='Retry job {retried.id}']").click()
+    expect(page.locator(".messagelist")).to_contain_text("Retried 1 job: ready to run again.")
+    assert Job.objects.get(pk=int(retried.id)).status == Job.Status.READY
+    assert Job.objects.get(pk=int(discarded.id)).status == Job.Status.FAILED
+
+    page.locator(f"button.dq-row-button[title='Discard job {discarded.id}']").click()
+    expect(page.locator("#content")).to_contain_text("Discard 1 job?")
+    page.get_by_role("button", name="Yes, discard").click()
+    expect(page.locator(".messagelist")).to_contain_text("Discarded 1 job.")
+    assert not Job.objects.filter(pk=int(discarded.id)).exists()
+    assert Job.objects.get(pk=int(retried.id)).status == Job.Status.READY
+
+
+LISTS = [
+    "job",
+    "failedexecution",
+    "claimedexecution",
+    "scheduledexecution",
+    "blockedexecution",
+    "process",
+    "recurringtask",
+]
+
+
+def a_row_in_every_list(worker):
+    """Jobs in every state with long names and arguments, as a busy site has them."""
+    long_queue = "notifications-high-priority"
+    for i in range(3):
+        charge_card.using(queue_name=long_queue, priority=10).enqueue(
+            4711 + i, amount={"value": "129.90", "currency": "EUR"}
+        )
+    worker.work_off()
+    add.using(run_after=timezone.now() + timedelta(minutes=30)).enqueue(7, 7)
+    add.using(queue_name=long_queue).enqueue(1, 2)
+    worker.claim(limit=1)
+    limited.enqueue("first")
+    limited.enqueue("second")
+    RecurringTask.objects.create(
+        key="clean-up-expired-sessions-every-night",
+        backend="default",
+        task_path="tests.tasks.add",
+        schedule="*/5 * * * *",
+        timezone="Europe/Paris",
+        args=[2, 3],
+    )
+
+
+@pytest.mark.parametrize("name", LISTS)
+def test_a_list_fits_1280_pixels_with_the_menu_open(page, worker, name):
+    """Every header of the list is inside the list's box, which needs no scrolling."""
+    a_row_in_every_list(worker)
+    page.goto(f"/admin/dq/{name}/")
+    assert page.locator("#nav-sidebar").is_visible()
+    fit = page.evaluate(
+        """() => {
+            const box = document.querySelector("#changelist .results");
+            const right = box.getBoundingClientRect().right;
+            return {
+                scrolls: box.scrollWidth > box.clientWidth,
+                cut: [...box.querySelectorAll("thead th")]
+                    .filter(th => th.getBoundingClientRect().right > right + 1)
+                    .map(th => th.innerText.trim()),
+            };
+        }"""
+    )
+    assert fit == {"scrolls": False, "cut": []}
+
+
+@pytest.mark.parametrize("name", ["queue", "job", "failedexecution"])
+def test_on_a_phone_a_wide_table_scrolls_inside_its_box_not_the_page(page, worker, name):
+    a_row_in_every_list(worker)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"/admin/dq/{name}/")
+    box = "#changelist .results" if name != "queue" else "[data-dq-live=queues]"
+    widths = page.evaluate(
+        """(box) => {
+            const element = document.querySelector(box);
+            return {
+                page: document.documentElement.scrollWidth,
+                overflow: getComputedStyle(element).overflowX,
+                boxRight: Math.round(element.getBoundingClientRect().right),
+            };
+        }""",
+        box,
+    )
+    assert widths["page"] <= 390, widths
+    assert widths["overflow"] == "auto" and widths["boxRight"] <= 390, widths
 
 
 def test_a_job_whose_argument_is_a_script_tag_runs_no_script(page, worker):

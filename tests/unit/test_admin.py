@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dq.admin import base as admin_base
+from dq.admin.display import run_time, span
 from dq.models import (
     ClaimedExecution,
     FailedExecution,
@@ -272,7 +273,7 @@ def test_job_page_of_a_scheduled_job_says_when_it_runs(admin_client):
     result = add.using(run_after=later()).enqueue(1, 2)
     page = admin_client.get(job_url(int(result.id))).content.decode()
     assert "Runs at" in page or "runs at" in page.lower()
-    assert "in 59\xa0minutes" in page or "in 1\xa0hour" in page
+    assert "in 59 min" in page or "in 1 h" in page
     assert "Run now</button>" in page and "Discard</button>" in page
 
 
@@ -345,7 +346,7 @@ def test_scheduled_list_says_when_and_why(admin_client, worker):
     page = admin_client.get(SCHEDULED).content.decode()
     assert "its run_after time" in page
     assert "retry: attempt 2 of at most 2" in page
-    assert page.count("in 59\xa0minutes") + page.count("in 1\xa0hour") >= 1
+    assert page.count("in 59 min") + page.count("in 1 h") >= 1
     assert job_url(int(deferred.id)) in page and job_url(int(backing_off.id)) in page
 
 
@@ -372,8 +373,12 @@ def test_blocked_jobs_say_what_they_wait_for_and_can_be_discarded(operator):
     assert job_of(blocked).status == Job.Status.BLOCKED
     assert shown_ids(operator.get(JOBS, {"state": "blocked"})) == [int(blocked.id)]
     page = operator.get(BLOCKED).content.decode()
-    assert job_url(int(blocked.id)) in page and job_url(int(running.id)) not in page
-    assert "a free slot of <code>limited</code> (at most 1 at once)" in page
+    assert job_url(int(blocked.id)) in page
+    # The job that holds the key's one slot, named beside what the blocked one waits for.
+    assert (
+        "a free slot of <code>limited</code> (at most 1 at once); "
+        f'held by <a href="{job_url(int(running.id))}">#{running.id}</a>'
+    ) in page
     page = operator.get(job_url(int(blocked.id))).content.decode()
     assert 'dq-state-blocked">Blocked<' in page and "a free slot of <code>limited</code>" in page
     assert "Discard</button>" in page and "Run now</button>" in page
@@ -466,7 +471,7 @@ def test_overview_counts_jobs_per_queue_and_state_and_shows_the_last_hour(admin_
     # ready, scheduled, blocked, running, failed, finished, cancelled
     assert counts(mail) == ["1", "1", "0", "1", "1", "1", "0"]
     assert "?state=failed&amp;queue=mail" in mail
-    assert "3\xa0minutes" in mail
+    assert ">3 min" in mail
     assert "dq-state-active" in mail
     assert "dq-state-paused" in queue_row(page, "idle")
     assert counts(queue_row(page, "idle")) == ["0"] * 7
@@ -818,3 +823,102 @@ def test_cancel_needs_its_permission(viewer):
     assert "Cancel</button>" not in viewer.get(job_url(int(result.id))).content.decode()
     assert act_on_page(viewer, int(result.id), "cancel_jobs").status_code == 403
     assert job_of(result).status == Job.Status.READY
+
+
+# --- the lists as a console: buttons per row, times to the second, live refresh ---------
+
+
+def test_the_failed_list_offers_on_each_row_only_the_buttons_the_user_may_use(
+    django_user_model, viewer, worker
+):
+    failed = failed_job(worker)
+    retrier = staff_client(django_user_model, "retrier", "view_job", "retry_job")
+    buttons = {
+        who: re.findall(r'class="dq-row-button dq-(\w+)"', client.get(FAILED).content.decode())
+        for who, client in (("viewer", viewer), ("retrier", retrier))
+    }
+    assert buttons == {"viewer": [], "retrier": ["retry"]}
+    page = retrier.get(FAILED).content.decode()
+    assert (
+        f'form="dq-row-retry_jobs" name="_selected_action" value="{failed.failed_execution.pk}"'
+        in page
+    )
+    assert 'id="dq-row-retry_jobs"' in page and 'id="dq-row-discard_jobs"' not in page
+    # What a row's Discard button posts, forged by a user who may not discard: refused.
+    forged = {
+        "action": "discard_jobs",
+        "index": "0",
+        "_selected_action": failed.failed_execution.pk,
+    }
+    assert retrier.post(FAILED, forged).status_code == 403
+    assert Job.objects.filter(pk=failed.pk).exists()
+
+
+def test_a_row_button_retries_its_job_and_says_so(operator, worker):
+    failed, other = failed_job(worker), failed_job(worker)
+    response = operator.post(
+        FAILED,
+        {"action": "retry_jobs", "index": "0", "_selected_action": failed.failed_execution.pk},
+        follow=True,
+    )
+    assert "Retried 1 job: ready to run again." in response.content.decode()
+    assert job_of_pk(failed.pk).status == Job.Status.READY
+    assert job_of_pk(other.pk).status == Job.Status.FAILED
+
+
+def test_lists_say_times_to_the_second_and_run_times(admin_client, worker):
+    result = add.enqueue(1, 2)
+    worker.work_off()
+    job = Job.objects.get(pk=int(result.id))
+    page = admin_client.get(JOBS).content.decode()
+    local = timezone.localtime(job.enqueued_at)
+    assert f">{local:%H:%M:%S}</time>" in page
+    assert re.search(r'<span class="dq-ago">\d+ s ago</span>', page)
+    assert re.search(r"<td class=\"field-ran_for\">\d+ ms</td>", page)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0, "0 s"),
+        (12.7, "12 s"),
+        (65, "1 min 5 s"),
+        (3600, "1 h"),
+        (3 * 3600 + 720, "3 h 12 min"),
+        (2 * 86400 + 4 * 3600, "2 d 4 h"),
+    ],
+)
+def test_a_span_of_time_is_said_to_the_second(seconds, said):
+    assert span(seconds) == said
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0.0042, "4 ms"), (0.85, "850 ms"), (3.2144, "3.214 s"), (125, "2 min 5 s")],
+)
+def test_a_run_time_is_said_in_milliseconds_under_a_second(seconds, said):
+    assert run_time(seconds) == said
+
+
+def test_every_dq_list_and_the_overview_carry_the_live_refresh(admin_client):
+    for url in (QUEUES, JOBS, FAILED, CLAIMED, SCHEDULED, BLOCKED, PROCESSES):
+        page = admin_client.get(url).content.decode()
+        assert 'id="dq-live"' in page and "dq/live.js" in page, url
+        assert "data-dq-live=" in page, url
+
+
+def test_dq_pages_are_listed_in_the_order_staff_use_them(admin_client):
+    """The overview first, then jobs and what needs a person (the admin sorts by name)."""
+    page = admin_client.get(reverse("admin:app_list", args=["dq"])).content.decode()
+    ids = re.findall(r'<th scope="row" id="dq-(\w+)">', page)
+    names = [Job._meta.apps.get_model("dq", name)._meta.verbose_name_plural for name in ids]
+    assert [str(name).capitalize() for name in dict.fromkeys(names)] == [
+        "Queues",
+        "Jobs",
+        "Failed executions",
+        "Claimed executions",
+        "Scheduled executions",
+        "Blocked executions",
+        "Recurring tasks",
+        "Processes",
+    ]
