@@ -131,6 +131,28 @@ class DQModelAdmin[ModelT: Model](_ModelAdmin[ModelT]):
         self.refuse_forbidden_action(request, ActionLocation.CHANGE_FORM)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
+    def page_buttons(self, request: HttpRequest, obj: ModelT) -> list[dict[str, str]]:
+        """The actions an object's page offers as buttons (``action``, ``label``), of those
+        the user may run; the page has no drop-down of actions."""
+        return []
+
+    def page_context(self, request: HttpRequest, obj: ModelT) -> dict[str, object]:
+        """What an object's page shows beside its fields: its buttons (page_buttons)."""
+        return {"page_buttons": self.page_buttons(request, obj)}
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: ModelT | None = None,
+    ) -> HttpResponse:
+        context.update(self.page_context(request, obj) if obj is not None else {})
+        context["action_form"] = None
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def refuse_forbidden_action(self, request: HttpRequest, location: ActionLocation) -> None:
         """403 for a POST of an action the user may not run (Django would only say "No
         action selected", or ignore it when the user may run none)."""

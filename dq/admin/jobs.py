@@ -1,13 +1,13 @@
 """Jobs: the list (filter by state, queue, task, retried; newest first) and a job's page
 with its arguments, state, times, workers and attempt history."""
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast, Left
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -283,23 +283,8 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     def claim_of(self, job: Job) -> ClaimedExecution | None:
         return ClaimedExecution.objects.using(self.db).filter(job_id=job.pk).first()
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Job | None = None,
-    ) -> HttpResponse:
-        if obj is not None:
-            context.update(self.job_page_context(request, obj))
-        # The actions are buttons that fit the job's state, not Django's drop-down.
-        context["action_form"] = None
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def job_page_context(self, request: HttpRequest, job: Job) -> dict[str, object]:
-        actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
+    def page_buttons(self, request: HttpRequest, obj: Job) -> list[dict[str, str]]:
+        """The actions that fit the job's state, of those the user may run."""
         fitting_by_status: dict[str, list[str]] = {
             Job.Status.FAILED: ["retry_jobs", "discard_jobs"],
             Job.Status.SCHEDULED: ["run_jobs_now", "cancel_jobs", "discard_jobs"],
@@ -307,21 +292,29 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
             Job.Status.READY: ["cancel_jobs", "discard_jobs"],
             Job.Status.RUNNING: ["cancel_jobs"],
         }
-        fitting = fitting_by_status.get(job.status, [])
         labels = {
             "retry_jobs": "Retry",
             "run_jobs_now": "Run now",
             "cancel_jobs": "Cancel",
             "discard_jobs": "Discard",
         }
-        buttons = [{"action": name, "label": labels[name]} for name in fitting if name in actions]
+        actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
+        return [
+            {"action": name, "label": labels[name]}
+            for name in fitting_by_status.get(obj.status, [])
+            if name in actions
+        ]
+
+    def page_context(self, request: HttpRequest, obj: Job) -> dict[str, object]:
+        """Its buttons, a note on what cannot be done while it runs, its attempts."""
+        actions = self.get_actions(request, action_location=admin.ActionLocation.CHANGE_FORM)
         note = None
-        if job.status == Job.Status.RUNNING and "discard_jobs" in actions:
+        if obj.status == Job.Status.RUNNING and "discard_jobs" in actions:
             note = "Running on a worker: it can be retried or discarded once it has ended."
         return {
-            "job_buttons": buttons,
+            **super().page_context(request, obj),
             "job_note": note,
-            "attempt_rows": attempt_rows(job),
+            "attempt_rows": attempt_rows(obj),
         }
 
 

@@ -2,7 +2,7 @@
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 from zoneinfo import ZoneInfo
 
 from cron_descriptor import Options, get_description
@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -161,19 +161,6 @@ class RecurringTaskAdmin(DQModelAdmin[RecurringTask]):
                 request, "Nothing enqueued: each run was enqueued already.", messages.WARNING
             )
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: RecurringTask | None = None,
-    ) -> HttpResponse:
-        # "Run now" is a button, for those who may run it, not Django's drop-down.
+    def page_buttons(self, request: HttpRequest, obj: RecurringTask) -> list[dict[str, str]]:
         actions = self.get_actions(request, action_location=ActionLocation.CHANGE_FORM)
-        context["task_buttons"] = (
-            [{"action": "run_now", "label": "Run now"}] if "run_now" in actions else []
-        )
-        context["action_form"] = None
-        return super().render_change_form(request, context, add, change, form_url, obj)
+        return [{"action": "run_now", "label": "Run now"}] if "run_now" in actions else []

@@ -73,6 +73,11 @@ TASKS = {
             # Enqueued by dq_work's scheduler process, each run once however many
             # dq_work run (cron syntax, in TIME_ZONE unless an entry names "timezone").
             "recurring": {
+                "simulate-traffic": {
+                    "task": "example.tasks.simulate_traffic",
+                    "schedule": "* * * * *",
+                    "description": "Book demo jobs due every 5 seconds, up to the next minute",
+                },
                 "clean-up-sessions": {
                     "task": "example.tasks.clean_up_sessions",
                     "schedule": "* * * * *",

@@ -2,8 +2,10 @@
 
 import logging
 import time
+from datetime import timedelta
 
 from django.tasks import task
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,17 @@ def charge_card(context, order_id, fail_times=2):
     return {"order_id": order_id, "charged": True, "attempt": context.attempt}
 
 
+@task(max_attempts=3, backoff=5, takes_context=True)
+def import_feed(context, feed):
+    """Fails for good: the supplier never answers a first, second or third attempt, and
+    three is all it has. Retry it in the admin and its fourth attempt succeeds; the
+    "legacy" feed never answers, so retrying that one fails again."""
+    if feed == "legacy" or context.attempt <= 3:
+        raise ConnectionError(f"feed {feed!r} did not answer (attempt {context.attempt})")
+    logger.info("feed %s imported on attempt %s", feed, context.attempt)
+    return {"feed": feed, "attempt": context.attempt}
+
+
 @task
 def send_reminder(user_id):
     """Enqueued to run later, with .using(run_after=...)."""
@@ -55,7 +68,7 @@ def resize_image(image_id):
 def sync_account(account_id, batch):
     """At most one sync per account runs at a time; the others wait as blocked jobs and
     are released one by one, by priority then in enqueue order."""
-    time.sleep(1)  # talking to the account's bank
+    time.sleep(3)  # talking to the account's bank
     logger.info("account %s: batch %s synced", account_id, batch)
     return {"account_id": account_id, "batch": batch}
 
@@ -70,10 +83,33 @@ def rebuild_search_index(index_name):
 
 
 @task
+def simulate_traffic():
+    """Stands in for the site's visitors. Runs every minute from OPTIONS["recurring"] and
+    books jobs due every 5 seconds (run_after) up to the next full minute, when it runs
+    again: the demo never runs dry."""
+    now = timezone.now()
+    for tick, seconds in enumerate(range(0, 60 - now.second, 5)):
+        at = now + timedelta(seconds=seconds)
+        send_welcome_email.using(run_after=at).enqueue(tick)
+        resize_image.using(run_after=at).enqueue(tick)
+        generate_report.using(run_after=at).enqueue(tick, seconds=8)
+        # Three syncs of one account at once (accounts 1, 2, 3 in turn): one runs, two wait.
+        account_id = tick % 3 + 1
+        sync_account.using(run_after=at).enqueue_many(
+            [((account_id, batch), {}) for batch in range(1, 4)]
+        )
+    # One job a minute that fails for good, to retry or discard in the admin, and one that
+    # waits ten minutes, to run now from the admin.
+    import_feed.using(run_after=now + timedelta(seconds=30)).enqueue("prices")
+    send_reminder.using(run_after=now + timedelta(minutes=10)).enqueue(now.minute)
+    logger.info("traffic booked: %s ticks, up to the next full minute", tick + 1)
+    return {"ticks": tick + 1}
+
+
+@task
 def clean_up_sessions():
     """Runs every minute from OPTIONS["recurring"] (see settings.py)."""
     from django.contrib.sessions.models import Session
-    from django.utils import timezone
 
     deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
     logger.info("removed %s expired session(s)", deleted)

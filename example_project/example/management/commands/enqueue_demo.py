@@ -9,10 +9,12 @@ from example.tasks import (
     charge_card,
     export_orders,
     generate_report,
+    import_feed,
     rebuild_search_index,
     resize_image,
     send_reminder,
     send_welcome_email,
+    simulate_traffic,
     sync_account,
 )
 
@@ -20,7 +22,8 @@ from example.tasks import (
 class Command(BaseCommand):
     help = (
         "Enqueue a batch of example jobs: welcome emails in bulk, one of each other task, "
-        "and the flow-control demos (per-account limit, unique job, cancellation)."
+        "the flow-control demos (per-account limit, unique job, cancellation), two jobs that "
+        "fail for good, and simulated traffic up to the next minute."
     )
 
     def add_arguments(self, parser):
@@ -30,11 +33,20 @@ class Command(BaseCommand):
 
     def handle(self, *args, count, **options):
         results = list(send_welcome_email.enqueue_many([((i,), {}) for i in range(1, count + 1)]))
-        results.append(generate_report.enqueue(1, seconds=2))
+        results.append(generate_report.enqueue(1, seconds=8))
         results.append(charge_card.enqueue(1001, fail_times=2))
-        in_30s = timezone.now() + timedelta(seconds=30)
-        results.append(send_reminder.using(run_after=in_30s).enqueue(1))
+        in_10_minutes = timezone.now() + timedelta(minutes=10)
+        results.append(send_reminder.using(run_after=in_10_minutes).enqueue(1))
         results.append(resize_image.enqueue(42))
+
+        # Failed for good within about 10 s, to retry in the admin: "prices" then succeeds,
+        # "legacy" fails again.
+        results.append(import_feed.enqueue("prices"))
+        results.append(import_feed.enqueue("legacy"))
+
+        # The recurring task simulate-traffic books each minute's jobs from the next full
+        # minute on; this run books the rest of this one.
+        results.append(simulate_traffic.enqueue())
 
         # Concurrency limit: one sync per account at a time; the rest wait as "blocked".
         for batch in range(1, 4):
