@@ -84,6 +84,11 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     sortable_by = ["id"]
     actions = ["retry_jobs", "run_jobs_now", "cancel_jobs", "discard_jobs"]
     readonly_fields = [
+        "enqueued",
+        "scheduled",
+        "started",
+        "last_attempted",
+        "finished",
         "state",
         "positional_arguments",
         "keyword_arguments",
@@ -141,8 +146,8 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
                 "Times",
                 {
                     "fields": [
-                        ("enqueued_at", "scheduled_at"),
-                        ("started_at", "last_attempted_at", "finished_at"),
+                        ("enqueued", "scheduled"),
+                        ("started", "last_attempted", "finished"),
                     ]
                 },
             ),
@@ -185,6 +190,18 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     @admin.display(description="finished")
     def finished(self, job: Job) -> SafeString | str:
         return moment(job.finished_at)
+
+    @admin.display(description="scheduled for")
+    def scheduled(self, job: Job) -> SafeString | str:
+        return moment(job.scheduled_at)
+
+    @admin.display(description="first started")
+    def started(self, job: Job) -> SafeString | str:
+        return moment(job.started_at)
+
+    @admin.display(description="last attempt started")
+    def last_attempted(self, job: Job) -> SafeString | str:
+        return moment(job.last_attempted_at)
 
     @admin.display(description="run time")
     def ran_for(self, job: Job) -> str:

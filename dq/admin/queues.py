@@ -69,7 +69,9 @@ class QueueAdmin(DQModelAdmin[Queue]):
                         for state in STATES
                     ],
                     "oldest_ready_age": queue.oldest_ready_age(now),
-                    "sparkline": activity_svg(queue.activity, width=180, height=28, axis=False),
+                    "sparkline": activity_svg(queue.activity, width=120, height=28, axis=False),
+                    "finished_last_hour": sum(minute.finished for minute in queue.activity),
+                    "failed_last_hour": sum(minute.failed for minute in queue.activity),
                 }
             )
         processes = [

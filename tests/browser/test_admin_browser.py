@@ -317,8 +317,13 @@ def test_screenshots_of_the_queues_overview_and_a_failed_job(page, tmp_path):
     # Spread the hour's work over the last hour, as if it had been running all along.
     now = timezone.now()
     for index, job in enumerate(Job.objects.exclude(pk=int(failed.id)).order_by("pk")):
+        finished = now - timedelta(minutes=(index * 37) % 58, seconds=index)
+        began = finished - timedelta(milliseconds=20 + index * 7)
         Job.objects.filter(pk=job.pk).update(
-            finished_at=now - timedelta(minutes=(index * 37) % 58, seconds=index)
+            enqueued_at=began - timedelta(milliseconds=300),
+            started_at=began,
+            last_attempted_at=began,
+            finished_at=finished,
         )
     for i in range(4):
         add.using(queue_name="reports").enqueue(i, i)
@@ -340,5 +345,10 @@ def test_screenshots_of_the_queues_overview_and_a_failed_job(page, tmp_path):
     page.goto(f"/admin/dq/job/{failed.id}/change/")
     page.locator("#dq-attempts").wait_for()
     page.screenshot(path=folder / "admin-failed-job.png", full_page=True)
-    for name in ("admin-queues.png", "admin-failed-job.png"):
+    page.goto("/admin/dq/job/")
+    page.screenshot(path=folder / "admin-jobs.png")
+    page.goto("/admin/dq/failedexecution/")
+    page.screenshot(path=folder / "admin-failed.png")
+    shots = ("admin-queues.png", "admin-failed-job.png", "admin-jobs.png", "admin-failed.png")
+    for name in shots:
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

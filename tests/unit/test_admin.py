@@ -254,7 +254,7 @@ def test_job_page_shows_the_task_arguments_state_times_and_attempt_history(admin
     history = page.split('id="dq-attempts"')[1].split("</table>")[0]
     assert history.count("<tr>") == 4  # a header and three attempts
     assert history.count("Traceback (most recent call last)") == 3
-    assert "Enqueued at" in page or "enqueued at" in page.lower()
+    assert "Enqueued:" in page and "First started:" in page
 
 
 def test_job_page_of_a_running_job_names_its_worker_and_says_why_it_cannot_be_discarded(
