@@ -1,6 +1,7 @@
 """manage.py dq_status: the queues overview in a terminal."""
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -83,3 +84,76 @@ def test_dq_status_rejects_a_backend_that_is_not_configured(db):
         pytest.raises(CommandError, match="Unknown option 'nope'"),
     ):
         dq_status()
+
+
+def serving(worker, *queues):
+    """Give ``worker`` the queues a worker of dq_work registers with."""
+    Process.objects.filter(pk=worker.process.pk).update(metadata={"queues": list(queues)})
+    return worker
+
+
+def test_dq_status_json_has_every_queue_and_process_for_scripts(worker):
+    add.using(queue_name="mail").enqueue(1, 1)
+    boom.using(queue_name="mail").enqueue()
+    worker.work_off()
+    add.using(queue_name="mail").enqueue(2, 2)
+    ReadyExecution.objects.update(created_at=timezone.now() - timedelta(seconds=90))
+    serving(worker, "*")
+
+    status = json.loads(dq_status("--json"))
+
+    [mail] = status["queues"]
+    assert mail["name"] == "mail" and mail["paused"] is False
+    assert {k: mail["jobs"][k] for k in ("ready", "failed", "finished")} == {
+        "ready": 1,
+        "failed": 1,
+        "finished": 1,
+    }
+    assert mail["last_hour"] == {"finished": 1, "failed": 1}
+    assert 89 <= mail["oldest_ready_age_s"] <= 120
+    [process] = status["processes"]
+    assert process["name"] == worker.process.name and process["alive"] is True
+    assert process["queues"] == ["*"] and process["kind"] == "worker"
+    assert status["backend"] == "default"
+
+
+def check(*args):
+    """dq_status --check: its exit status and what it wrote to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("dq_status", "--check", *args, stdout=out, stderr=err)
+    except SystemExit as exit:
+        return exit.code, out.getvalue() + err.getvalue()
+    return 0, out.getvalue() + err.getvalue()
+
+
+def test_the_health_check_passes_when_a_live_worker_serves_every_queue_with_ready_jobs(worker):
+    serving(worker, "mail*", "default")
+    add.using(queue_name="mail-eu").enqueue(1, 1)
+    add.enqueue(2, 2)
+    Pause.pause("reports", using="default")
+    add.using(queue_name="reports").enqueue(3, 3)  # paused: it waits on purpose
+    assert check() == (0, "dq healthy: every queue with ready jobs has a live worker.\n")
+
+
+def test_the_health_check_fails_for_a_queue_no_live_worker_takes(worker):
+    serving(worker, "mail*")
+    add.using(queue_name="reports").enqueue(1, 1)
+    status, said = check()
+    assert status == 1
+    assert "queue 'reports' has 1 ready job(s) and no live worker takes its jobs" in said
+    # Its worker gone silent: nobody serves mail either.
+    add.using(queue_name="mail").enqueue(2, 2)
+    Process.objects.update(last_heartbeat_at=timezone.now() - timedelta(minutes=5))
+    status, said = check()
+    assert status == 1 and "queue 'mail' has 1 ready job(s)" in said
+
+
+def test_the_health_check_fails_when_a_ready_job_waited_too_long(worker):
+    serving(worker, "*")
+    add.enqueue(1, 1)
+    ReadyExecution.objects.update(created_at=timezone.now() - timedelta(minutes=3))
+    assert check()[0] == 0  # within the default 300 s
+    status, said = check("--max-ready-age", "60")
+    assert status == 1
+    assert "queue 'default': its oldest ready job has waited 3 minutes (more than 60 s)" in said
