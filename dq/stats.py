@@ -7,15 +7,15 @@ of queue and task names come from the jobs in flight and the latest jobs.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, Min, Prefetch, QuerySet
-from django.db.models.functions import TruncMinute
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.utils import timezone
 
 from . import conf
+from .db import database
 from .models import ClaimedExecution, Job, Pause, Process, ReadyExecution
 
 
@@ -95,19 +95,7 @@ def activity_minutes(now: datetime) -> list[datetime]:
 def activity(*, using: str, now: datetime) -> dict[str, list[Minute]]:
     """Jobs finished and failed per minute over the last hour: {queue: [Minute, ...]}."""
     starts = activity_minutes(now)
-    ended = (
-        Job.objects.using(using)
-        .filter(
-            finished_at__gte=starts[0],
-            status__in=[Job.Status.SUCCESSFUL, Job.Status.FAILED],
-        )
-        # Minutes are the same in every time zone: cut in UTC, which needs no time zone
-        # tables in the database (MySQL converts zones with them).
-        .annotate(minute=TruncMinute("finished_at", tzinfo=UTC))
-        .values_list("queue_name", "status", "minute")
-        .annotate(jobs=Count("pk"))
-        .order_by()
-    )
+    ended = database(using).ended_per_minute(starts[0])
     per_queue: dict[str, dict[datetime, Minute]] = {}
     for queue, status, minute, jobs in ended:
         minutes = per_queue.setdefault(queue, {start: Minute(start) for start in starts})

@@ -48,6 +48,9 @@ class MySQLDatabase(Database):
             value: datetime = cursor.fetchone()[0]
         return value.replace(tzinfo=UTC)
 
+    def _minute_text(self, column: str) -> str:
+        return f"DATE_FORMAT({column}, '%%Y-%%m-%%d %%H:%%i')"  # %% : the driver's escape
+
     def lock_conflict(self, error: DatabaseError) -> bool:
         """A lock wait that timed out (``innodb_lock_wait_timeout``) or a deadlock: InnoDB
         rolled back the statement or the whole transaction; dq runs it all again."""

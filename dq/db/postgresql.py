@@ -160,6 +160,10 @@ class PostgreSQLDatabase(Database):
             cursor.execute("SELECT CURRENT_TIMESTAMP")
             return cast(datetime, cursor.fetchone()[0])  # DB-API rows are untyped
 
+    def _minute_text(self, column: str) -> str:
+        # In the session's zone: UTC where USE_TZ is set (Django sets it so).
+        return f"to_char({column}, 'YYYY-MM-DD HH24:MI')"
+
     def lock_conflict(self, error: DatabaseError) -> bool:
         return getattr(error.__cause__, "sqlstate", None) in _LOCK_CONFLICTS
 

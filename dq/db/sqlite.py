@@ -114,6 +114,14 @@ class SQLiteDatabase(Database):
         finally:
             wrapper.transaction_mode = mode
 
+    def _minute_text(self, column: str) -> str:
+        return f"SUBSTR({column}, 1, 16)"  # stored as "YYYY-MM-DD HH:MM:SS[.ffffff]"
+
+    def _by_finish_time(self) -> str:
+        # Without it SQLite reads every job by status (all but the last hour's ended long
+        # ago): 1.0 s instead of 0.1 s with 1,000,000 finished jobs, 70,000 of them this hour.
+        return " INDEXED BY dq_job_finished_at"
+
     def lock_conflict(self, error: DatabaseError) -> bool:
         """SQLite's "database is locked" (SQLITE_BUSY) and "database table is locked"."""
         cause = error.__cause__
