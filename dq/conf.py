@@ -6,6 +6,8 @@ for, and again whenever ``override_settings`` changes TASKS or DATABASES.
 """
 
 import functools
+import importlib.util
+import ipaddress
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -41,6 +43,10 @@ DEFAULT_MAX_INTERRUPTIONS = 3
 DEFAULT_CONCURRENCY_DURATION = 15 * 60.0
 DEFAULT_KEEP_FINISHED = 24 * 3600.0
 DEFAULT_PRUNE_BATCH_SIZE = 1000
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+# What a metrics port needs installed, and the sentence that says how to get it.
+METRICS_LIBRARY = "prometheus_client"
+METRICS_INSTALL = 'pip install "dq[metrics]"'
 
 
 BACKOFF_BASE = 2.0  # seconds before the first retry
@@ -101,6 +107,10 @@ class Configuration:
     # Recurring tasks: key -> RecurringConfig; the scheduler runs if there are any.
     recurring: dict[str, "RecurringConfig"] = field(default_factory=dict)
     scheduler: bool = True
+    # The supervisor serves Prometheus metrics at http://metrics_address:metrics_port/metrics
+    # (dq.processes.metrics). None: no metrics, and prometheus_client is never imported.
+    metrics_port: int | None = None
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     def with_worker_overrides(
         self,
@@ -126,6 +136,16 @@ class Configuration:
         worker = replace(base, **{k: v for k, v in changes.items() if v is not None})
         return replace(self, workers=(worker,))
 
+    def with_metrics_port(self, port: int | None) -> Self:
+        """This configuration with ``dq_work --metrics-port`` applied (None: as it is)."""
+        if port is None:
+            return self
+        problems: list[Problem] = []
+        _check_metrics_port(port, "--metrics-port", problems)
+        if problems:
+            raise ConfigurationError("; ".join(p.message for p in problems))
+        return replace(self, metrics_port=port)
+
 
 _TOP_LEVEL_KEYS = {
     "database",
@@ -140,6 +160,8 @@ _TOP_LEVEL_KEYS = {
     "keep_failed",
     "recurring",
     "scheduler",
+    "metrics_port",
+    "metrics_address",
 }
 _WORKER_KEYS = {
     "queues",
@@ -257,6 +279,11 @@ def parse(alias: str, options: object) -> tuple[Configuration, list[Problem]]:
     scheduler = options.get("scheduler", True)
     if not isinstance(scheduler, bool):
         problems.append(Problem("dq.E002", f"scheduler must be True or False, not {scheduler!r}."))
+    metrics_port = options.get("metrics_port")
+    if metrics_port is not None:
+        _check_metrics_port(metrics_port, "metrics_port", problems)
+    metrics_address = options.get("metrics_address", DEFAULT_METRICS_ADDRESS)
+    _check_address(metrics_address, problems)
     if not problems and numbers["alive_threshold"] <= numbers["heartbeat_interval"]:
         problems.append(
             Problem(
@@ -276,6 +303,8 @@ def parse(alias: str, options: object) -> tuple[Configuration, list[Problem]]:
             dispatcher=dispatcher,
             recurring=recurring,
             scheduler=scheduler,
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
             **numbers,
         ),
         problems,
@@ -340,3 +369,32 @@ def _check_positive(
 ) -> None:
     if problem := number_problem(value, name, integer=integer, zero=zero):
         problems.append(Problem("dq.E002", problem))
+
+
+def _check_metrics_port(value: object, name: str, problems: list[Problem]) -> None:
+    """A metrics port is a TCP port, and needs prometheus_client installed (looked for,
+    not imported: it must first read the directory the supervisor gives it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        problems.append(
+            Problem("dq.E008", f"{name} must be a TCP port (1 to 65535), not {value!r}.")
+        )
+    elif importlib.util.find_spec(METRICS_LIBRARY) is None:
+        problems.append(
+            Problem(
+                "dq.E008",
+                f"{name} is set, but {METRICS_LIBRARY} is not installed: {METRICS_INSTALL}.",
+            )
+        )
+
+
+def _check_address(value: object, problems: list[Problem]) -> None:
+    try:
+        ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        problems.append(
+            Problem(
+                "dq.E008",
+                f'metrics_address must be an IP address to listen on (such as "127.0.0.1", '
+                f'or "0.0.0.0" for every interface), not {value!r}.',
+            )
+        )

@@ -145,21 +145,10 @@ def recent_tasks(*, using: str) -> list[str]:
 def queue_summaries(*, using: str, now: datetime | None = None) -> list[QueueSummary]:
     """One QueueSummary per known queue, by name."""
     now = now or timezone.now()
-    open_counts = (
-        Job.objects.using(using)
-        .filter(status__in=[state.status for state in OPEN_STATES])
-        .values_list("queue_name", "status")
-        .annotate(jobs=Count("pk"))
-        .order_by()
-    )
+    counts = open_counts(using=using)
     per_minute = activity(using=using, now=now)
     paused = set(Pause.objects.using(using).values_list("queue_name", flat=True))
-    oldest_ready = dict(
-        ReadyExecution.objects.using(using)
-        .values_list("queue_name")
-        .annotate(oldest=Min("created_at"))
-        .order_by()
-    )
+    oldest_ready = oldest_ready_times(using=using)
     names = set(known_queues(using=using)) | set(per_minute)
     queues = {name: QueueSummary(name) for name in sorted(names)}
     for queue in queues.values():
@@ -179,9 +168,44 @@ def queue_summaries(*, using: str, now: datetime | None = None) -> list[QueueSum
             queue.counts[state.name] = min(counted, CLOSED_COUNT_CAP)
             if counted > CLOSED_COUNT_CAP:
                 queue.capped.add(state.name)
-    for name, status, jobs in open_counts:
-        queues[name].counts[STATE_BY_STATUS[status].name] = jobs
+    for (name, state_name), jobs in counts.items():
+        queues[name].counts[state_name] = jobs
     return list(queues.values())
+
+
+def open_counts(*, using: str) -> dict[tuple[str, str], int]:
+    """Jobs in an open state per (queue, state name), in one query bounded by the work in
+    flight; pairs without jobs are left out."""
+    counts = (
+        Job.objects.using(using)
+        .filter(status__in=[state.status for state in OPEN_STATES])
+        .values_list("queue_name", "status")
+        .annotate(jobs=Count("pk"))
+        .order_by()
+    )
+    return {(queue, STATE_BY_STATUS[status].name): jobs for queue, status, jobs in counts}
+
+
+def oldest_ready_times(*, using: str) -> dict[str, datetime]:
+    """When the oldest ready job of each queue with ready jobs became ready."""
+    return dict(
+        ReadyExecution.objects.using(using)
+        .values_list("queue_name")
+        .annotate(oldest=Min("created_at"))
+        .order_by()
+    )
+
+
+def live_process_counts(*, using: str, alive_threshold: float) -> dict[str, int]:
+    """Processes per kind whose heartbeat is at most ``alive_threshold`` seconds old."""
+    since = timezone.now() - timedelta(seconds=alive_threshold)
+    return dict(
+        Process.objects.using(using)
+        .filter(last_heartbeat_at__gte=since)
+        .values_list("kind")
+        .annotate(processes=Count("pk"))
+        .order_by()
+    )
 
 
 def is_alive(last_heartbeat_at: datetime | None, alive_threshold: float, now: datetime) -> bool:

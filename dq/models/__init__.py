@@ -1,5 +1,5 @@
 from .blocked import BlockedExecution
-from .claimed import ClaimedExecution
+from .claimed import ClaimedExecution, runs_interrupted
 from .failed import FailedExecution
 from .job import Job
 from .pause import Pause, Queue
@@ -22,4 +22,5 @@ __all__ = [
     "RecurringTask",
     "ScheduledExecution",
     "Semaphore",
+    "runs_interrupted",
 ]

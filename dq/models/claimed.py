@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models import QuerySet
+from django.dispatch import Signal
 from django.utils import timezone
 
 from .. import conf
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
     pass
 
 logger = logging.getLogger(__name__)
+
+# Sent when the transaction block of ``ClaimedExecution.interrupt`` is over, if it
+# interrupted runs that had started, with ``exception_class`` (the kind of interruption)
+# and ``jobs`` (theirs, as the interruption left them): dq's metrics count them.
+runs_interrupted = Signal()
 
 
 class ClaimedExecution(Execution):
@@ -213,4 +219,8 @@ class ClaimedExecution(Execution):
                     job.schedule_retry(now, 0, using=using)
                 else:
                     job.fail(error, now, using=using)
+        if started:
+            runs_interrupted.send(
+                cls, exception_class=exception_class, jobs=[claim.job for claim in started]
+            )
         return len(locked)

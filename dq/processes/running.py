@@ -3,12 +3,13 @@ called with its context, an exactly_once run in one transaction with its end, th
 written (retried on database errors), then announced through Django's signals and the log."""
 
 import contextlib
+import enum
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.tasks import Task, TaskContext, TaskResult, task_backends
@@ -24,6 +25,9 @@ from ..serialization import describe_error, exception_path, jsonable, load_task
 from .base import Runnable, StopMode, database_retry_delay
 from .batching import WriteAbandoned, Writes
 from .board import RunBoard
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,14 @@ def job_fields(job: Job) -> dict[str, Any]:
         "queue": job.queue_name,
         "attempt": job.attempt_count,
     }
+
+
+class Outcome(enum.StrEnum):
+    """How a run ended, as the metrics count it (``dq_jobs_finished_total{status}``)."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"  # for good: no attempt left
+    RETRIED = "retried"  # it raised, and will run again
 
 
 # django-stubs declares TaskContext neither frozen (Django's is) nor subscriptable at runtime.
@@ -100,11 +112,12 @@ class Running(Runnable):
     """A worker's way of running jobs (``Worker`` mixes it in)."""
 
     # What the worker keeps: its runs by claim id, the board its supervisor reads, the
-    # writes its threads hand its main loop, and the jobs run so far.
+    # writes its threads hand its main loop, the jobs run so far, and what it counts.
     runs: dict[int, Run]
     board: RunBoard
     writes: Writes
     jobs_started: int
+    metrics: "Metrics | None"
     # Per pool thread (by number): database_errors when it last ran a job, and when.
     connection_errors: dict[int, int]
     connection_used: dict[int, float]
@@ -162,6 +175,8 @@ class Running(Runnable):
         if not at_least_once:
             run.slot = self.board.began(job.claim_id)
             run.running = True
+        if self.metrics is not None:
+            self.metrics.job_started(job)
         exactly_once = job.delivery == Job.Delivery.EXACTLY_ONCE
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
@@ -230,6 +245,7 @@ class Running(Runnable):
         fields = {**job_fields(job), "duration": duration}
         backend = run.backend if run else None
         try:
+            self.count_end(job, recorded, failure, duration)
             if recorded is None:
                 logger.warning(
                     "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
@@ -269,6 +285,23 @@ class Running(Runnable):
             logger.exception(
                 "%s: could not announce the end of job %s", self.name, job.pk, extra=fields
             )
+
+    def count_end(
+        self, job: Job, recorded: Job | None, failure: BaseException | None, duration: float
+    ) -> None:
+        """Count a run's end in the metrics, if any: not one taken over (whoever took it
+        counted it), nor one whose transaction rolled back (an interruption, counted so)."""
+        if self.metrics is None or recorded is None:
+            return
+        if isinstance(failure, TransactionRolledBackError):
+            return
+        if recorded.status == Job.Status.FAILED:
+            outcome = Outcome.FAILED
+        elif failure is not None:
+            outcome = Outcome.RETRIED
+        else:
+            outcome = Outcome.SUCCESSFUL
+        self.metrics.job_ended(job, outcome, duration)
 
     def call(self, job: Job, task: "Task[..., Any]", result: "TaskResult[..., Any]") -> Any:
         if task.takes_context:

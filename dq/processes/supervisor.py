@@ -7,12 +7,14 @@ It stays single-threaded, and closes its database connections before every fork.
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections
 
@@ -24,6 +26,9 @@ from .board import RunBoard, board_slots
 from .dispatcher import Dispatcher
 from .scheduler import Scheduler
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .metrics import Metrics, MetricsServer
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ class Supervisor(Runnable):
         # must retry them itself, and a claim the child was running stays a run until ended.
         self.unrecovered: dict[int, tuple[str, set[int]]] = {}
         self.boards: dict[int, RunBoard] = {}  # a worker's pid -> what it runs
+        # With a metrics port: what this tree's processes count, and where it is served.
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {"children": [child.description for child in self.plan()]}
@@ -70,7 +78,7 @@ class Supervisor(Runnable):
                     Child(
                         f"worker ({worker_config.threads} threads, "
                         f"queues {','.join(worker_config.queues)})",
-                        partial(Worker, self.config, worker_config),
+                        partial(Worker, self.config, worker_config, metrics=self.metrics),
                         board_slots=board_slots(worker_config.threads, worker_config.prefetch),
                     )
                 )
@@ -86,6 +94,48 @@ class Supervisor(Runnable):
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
     def run(self) -> int:
+        try:
+            self.start_metrics()
+        except OSError as error:
+            logger.error(
+                "dq supervisor: cannot serve metrics on %s port %s: %s",
+                self.config.metrics_address,
+                self.config.metrics_port,
+                error,
+            )
+            self.stop_metrics()
+            return 1
+        try:
+            return self.supervise()
+        finally:
+            self.stop_metrics()
+
+    def start_metrics(self) -> None:
+        """With a metrics port: make the directory every process of this tree writes its
+        counts to (before the first fork) and listen on the port."""
+        if self.config.metrics_port is None:
+            return
+        directory = tempfile.mkdtemp(prefix="dq-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        # Imported now, not before: prometheus_client reads PROMETHEUS_MULTIPROC_DIR at
+        # import, and a project without a metrics port needs it neither installed nor loaded.
+        from .metrics import Metrics, MetricsServer
+
+        self.metrics = Metrics(directory)
+        self.metrics_server = MetricsServer(self.config, self.metrics)
+        logger.info("dq supervisor: serving metrics at %s", self.metrics_server.address)
+
+    def stop_metrics(self) -> None:
+        """Stop serving metrics and remove their directory."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if self.metrics is not None:
+            self.metrics.close()
+            shutil.rmtree(self.metrics.directory, ignore_errors=True)
+            self.metrics = None
+
+    def supervise(self) -> int:
         self.install_signal_handlers()
         if not self.register():
             return 0  # told to stop before it could register
@@ -99,7 +149,7 @@ class Supervisor(Runnable):
         next_heartbeat = next_maintenance = time.monotonic()
         try:
             while self.stopping is None:
-                self.wakeup.wait(min(next_heartbeat, next_maintenance) - time.monotonic())
+                self.wait(min(next_heartbeat, next_maintenance) - time.monotonic())
                 self.reap(replace=self.stopping is None)
                 now = time.monotonic()
                 try:
@@ -118,6 +168,14 @@ class Supervisor(Runnable):
             self.stop_children()
             self.deregister(ProcessExitError, "supervisor stopped")
         return 0
+
+    def wait(self, timeout: float) -> None:
+        """Wait for a signal (a child's exit is one) or ``timeout``, answering the
+        requests for metrics that come meanwhile."""
+        if self.metrics_server is None:
+            self.wakeup.wait(timeout)
+        elif self.wakeup.wait(timeout, self.metrics_server):
+            self.metrics_server.serve()  # then back to the loop: a signal may have come too
 
     def fork(self, child: Child) -> None:
         connections.close_all()  # a forked child must never share the parent's sockets
@@ -138,6 +196,8 @@ class Supervisor(Runnable):
         try:
             signal.set_wakeup_fd(-1)
             self.wakeup.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()  # the supervisor's socket, not this child's
             assert self.process is not None
             extra = {"board": board} if board is not None else {}
             role = child.build(supervisor_pid=os.getppid(), supervisor_id=self.process.pk, **extra)
@@ -162,6 +222,8 @@ class Supervisor(Runnable):
             how = describe_exit(status)
             log = logger.info if status == 0 else logger.error
             log("%s: %s (pid %s) %s", self.name, child.description, pid, how)
+            if self.metrics is not None:
+                self.metrics.process_dead(pid)
             self.recover(pid, f"its process (pid {pid}) {how}", self.running_of(pid))
             if replace:
                 self.fork(child)

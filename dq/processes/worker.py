@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Collection
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections
 from django.utils import timezone
@@ -24,6 +24,9 @@ from .batching import WriteAbandoned, Writes
 from .board import RunBoard, board_slots
 from .pool import Buffer, Pool
 from .running import Run, Running, job_fields
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +63,11 @@ class Worker(Running, Role):
         supervisor_pid: int,
         supervisor_id: int,
         board: RunBoard | None = None,
+        metrics: "Metrics | None" = None,
     ) -> None:
         super().__init__(config, supervisor_pid=supervisor_pid, supervisor_id=supervisor_id)
         self.worker_config = worker_config
+        self.metrics = metrics
         self.queues = tuple(QueueSelector(text) for text in worker_config.queues)
         self.threads = worker_config.threads
         self.polling_interval = (

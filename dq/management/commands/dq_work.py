@@ -29,6 +29,12 @@ class Command(BaseCommand):
             help="Comma-separated queues in the order they are worked: names, '*', or prefixes "
             "like 'mail*' (overrides OPTIONS).",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics, ADDRESS being "
+            "OPTIONS['metrics_address'] (overrides OPTIONS['metrics_port']; needs dq[metrics]).",
+        )
 
     def handle(
         self,
@@ -37,6 +43,7 @@ class Command(BaseCommand):
         processes: int | None,
         threads: int | None,
         queues: str | None,
+        metrics_port: int | None,
         **options: object,
     ) -> None:
         try:
@@ -49,10 +56,14 @@ class Command(BaseCommand):
                 f"{type(backend_instance).__qualname__}, not dq.backend.DQBackend."
             )
         try:
-            config = conf.load(backend).with_worker_overrides(
-                queues=conf.parse_queues(queues) if queues is not None else None,
-                threads=threads,
-                processes=processes,
+            config = (
+                conf.load(backend)
+                .with_worker_overrides(
+                    queues=conf.parse_queues(queues) if queues is not None else None,
+                    threads=threads,
+                    processes=processes,
+                )
+                .with_metrics_port(metrics_port)
             )
         except ConfigurationError as error:
             raise CommandError(str(error)) from None
@@ -78,6 +89,11 @@ class Command(BaseCommand):
             f"{scheduler}"
             f"shutdown timeout {config.shutdown_timeout}s, heartbeat every "
             f"{config.heartbeat_interval}s, alive threshold {config.alive_threshold}s"
+            + (
+                f"; metrics at http://{config.metrics_address}:{config.metrics_port}/metrics"
+                if config.metrics_port is not None
+                else ""
+            )
         )
 
     def configure_logging(self, *, verbosity: int) -> None:
