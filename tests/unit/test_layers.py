@@ -27,7 +27,7 @@ LAYERS = [
     # Siblings: none of these imports another.
     {"dq.backend", "dq.admin", "dq.processes"},
     # Above the admin: its template tags say times as the admin pages do.
-    {"dq.management", "dq.templatetags"},
+    {"dq.management", "dq.templatetags", "dq.views"},
 ]
 SIBLINGS = LAYERS[4]
 # The imports inside a function, and why: psycopg is imported on first use, so that a

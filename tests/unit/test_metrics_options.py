@@ -14,6 +14,7 @@ from django.test import override_settings
 from dq import conf
 
 from ..conftest import ROOT, subprocess_env
+from ..tasks import add
 from .test_checks_and_command import dq_messages, tasks_with
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -86,3 +87,26 @@ def test_nothing_of_prometheus_client_is_loaded_without_a_metrics_port():
         check=True,
     )
     assert ran.stdout.strip() == "[]"
+
+
+def test_a_web_process_serves_the_database_gauges_at_the_view_a_project_routes(client, worker):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    add.using(queue_name="mail").enqueue(1, 2)
+    add.using(queue_name="mail").enqueue(3, 4)
+    worker.claim(limit=1)
+
+    response = client.get("/dq/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+    assert samples[("dq_jobs", (("queue", "mail"), ("state", "ready")))] == 1
+    assert samples[("dq_jobs", (("queue", "mail"), ("state", "running")))] == 1
+    assert samples[("dq_processes", (("kind", "worker"),))] == 1
+    assert samples[("dq_oldest_ready_age_seconds", (("queue", "mail"),))] >= 0
+    assert client.post("/dq/metrics").status_code == 405
