@@ -14,6 +14,7 @@ class Buffer:
 
     def __init__(self, *, low: int, on_low: Callable[[], None]) -> None:
         self._jobs: collections.deque[Job] = collections.deque()
+        self._taken = 0  # jobs handed to threads so far
         self._changed = threading.Condition()
         self._closed = False
         self.low = low
@@ -21,6 +22,12 @@ class Buffer:
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    def taken_or_waiting(self) -> int:
+        """The jobs handed to threads so far and those still waiting, read at one moment:
+        a job a thread has just taken (and not yet started) is counted once."""
+        with self._changed:
+            return self._taken + len(self._jobs)
 
     def put(self, jobs: list[Job]) -> None:
         with self._changed:
@@ -35,6 +42,7 @@ class Buffer:
             if self._closed:
                 return None
             job = self._jobs.popleft()
+            self._taken += 1
             low = len(self._jobs) < self.low
         if low:
             self._on_low()

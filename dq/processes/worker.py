@@ -135,7 +135,9 @@ class Worker(Running, Role):
         ahead = min(self.worker_config.prefetch, int(self.end_rate * CLAIM_AHEAD))
         wanted = self.threads + ahead - (len(self.runs) - ending)
         if self.worker_config.max_jobs:  # no more than it runs before it is recycled
-            left = self.worker_config.max_jobs - self.jobs_started - len(self.buffer)
+            # Counted by the buffer at one moment: a job a thread has taken but not yet
+            # started is neither in jobs_started nor in the buffer any more.
+            left = self.worker_config.max_jobs - self.buffer.taken_or_waiting()
             wanted = min(wanted, left)
         return max(0, wanted)
 

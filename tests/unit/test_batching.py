@@ -437,6 +437,23 @@ def test_a_flush_that_claims_nothing_keeps_what_the_last_claim_learned(db):
     assert worker.more_ready
 
 
+def test_a_worker_near_max_jobs_counts_a_job_a_thread_took_but_has_not_started(db):
+    """Between a thread taking a job from the buffer and starting it, the job is in
+    neither the buffer nor the jobs started: counted in neither, a worker with max_jobs 3
+    claimed a fourth, and ran it (seen on PostgreSQL: 6 jobs with max_jobs 5)."""
+    from dataclasses import replace
+
+    add.enqueue_many([((n, n), {}) for n in range(10)])
+    worker = InProcessWorker().worker
+    worker.worker_config = replace(worker.worker_config, max_jobs=3)
+    assert worker.flush() == 3  # one for each of its threads up to max_jobs: 3
+
+    worker.buffer.take()  # a thread took it; its run has not begun
+    assert worker.jobs_started == 0 and len(worker.buffer) == 2
+    assert worker.wanted() == 0
+    assert worker.flush() == 0
+
+
 def test_a_worker_without_a_rate_claims_for_its_threads_only(db):
     for n in range(8):
         add.enqueue(n, n)
