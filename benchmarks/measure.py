@@ -14,6 +14,7 @@ import resource
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -27,9 +28,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 django.setup()
 
 from django.apps import apps  # noqa: E402 - after django.setup()
+from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.color import no_style  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks import ceiling, tasks  # noqa: E402
@@ -73,6 +77,21 @@ class Sizes:
 POLLING_INTERVALS = (0.05, 0.1, 0.25, 0.5)
 POLLING = "DQ_BENCH_POLLING_INTERVAL"
 IDLE_SECONDS = 5.0
+
+# dq's admin pages timed with a large history: (key, what it is, path; {job} a job's id),
+# each requested ADMIN_WARMUPS times, then ADMIN_REQUESTS times timed; the project's
+# targets (ms, of the median) for some, reported and not asserted.
+ADMIN_PAGES = (
+    ("overview", "queues overview", "/admin/dq/queue/"),
+    ("jobs", "job list", "/admin/dq/job/"),
+    ("jobs_ready", "job list, state ready", "/admin/dq/job/?state=ready"),
+    ("failed", "failed list", "/admin/dq/failedexecution/"),
+    ("job", "a finished job's page", "/admin/dq/job/{job}/change/"),
+)
+ADMIN_WARMUPS = 2
+ADMIN_REQUESTS = 10
+ADMIN_TARGETS_MS = {"overview": 300, "jobs": 100}
+ADMIN_SLOWEST_QUERIES = 3  # the slowest queries of a page's counted request kept in the JSON
 DEFAULT_PROCESSES = default_worker_processes()
 DEFAULTS = (
     f"defaults ({DEFAULT_PROCESSES} process{'es' if DEFAULT_PROCESSES > 1 else ''} x 5 threads)"
@@ -122,6 +141,7 @@ def say(message):
 
 
 def migrate():
+    """dq's tables and those of the admin and the apps it needs (auth, sessions, ...)."""
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -573,7 +593,9 @@ def measure_polling(sizes):
             pids = [work.proc.pid, *children_of(work.proc.pid)]
             ticks, statements = tree_ticks(pids), statements_served()
             time.sleep(IDLE_SECONDS)  # the window measured: nothing to wait for
-            ticks, statements = tree_ticks(pids) - ticks, statements_served() - statements
+            ticks, served = tree_ticks(pids) - ticks, statements_served()
+            # None where the server does not count them (SQLite has no server).
+            statements = None if statements is None else served - statements
         finally:
             work.stop()
         idle = {
@@ -734,7 +756,101 @@ def measure_claims(calls):
     }
 
 
+def admin_client():
+    """A django.test.Client logged in as a superuser (created with the ORM; no password)."""
+    users = get_user_model()
+    user = users.objects.filter(username="bench").first()
+    if user is None:
+        user = users.objects.create_superuser("bench", "bench@example.com", password=None)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def measure_admin(sizes):
+    """dq's admin pages as a logged-in superuser, in this process through django.test.Client
+    (no HTTP server): the time of the view, its queries and its rendering. The connection
+    stays open from request to request (the test client does not close it)."""
+    client = admin_client()
+    # A finished job from the middle of the history.
+    first = (
+        Job.objects.filter(status=Job.Status.SUCCESSFUL)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    job = (
+        Job.objects.filter(status=Job.Status.SUCCESSFUL, pk__gte=first + sizes.history // 2)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    pages = {}
+    for key, label, path in ADMIN_PAGES:
+        url = path.format(job=job)
+
+        def get(url=url):
+            response = client.get(url)
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"admin page {url}: status {response.status_code}\n"
+                    f"{response.content[:2000].decode(errors='replace')}"
+                )
+            return response
+
+        for _ in range(ADMIN_WARMUPS - 1):
+            get()
+        # The last warm-up is the request whose queries are counted (capturing them costs
+        # time of its own, so it is not one of the timed requests).
+        with CaptureQueriesContext(connection) as captured:
+            size = len(get().content)
+        # Read now: the next request's start empties the connection's log of queries.
+        queries = list(captured.captured_queries)
+        times = []
+        for _ in range(ADMIN_REQUESTS):
+            began = time.perf_counter()
+            get()
+            times.append(1000 * (time.perf_counter() - began))
+        target = ADMIN_TARGETS_MS.get(key)
+        median = statistics.median(times)
+        slowest = sorted(queries, key=lambda query: -float(query["time"]))
+        pages[key] = {
+            "label": label,
+            "path": path,
+            "url": url,
+            "median_ms": median,
+            "max_ms": max(times),
+            "min_ms": min(times),
+            "times_ms": times,
+            "queries": len(queries),
+            "bytes": size,
+            "target_ms": target,
+            "within_target": None if target is None else median < target,
+            "slowest_queries": [
+                {"ms": 1000 * float(query["time"]), "sql": query["sql"][:1000]}
+                for query in slowest[:ADMIN_SLOWEST_QUERIES]
+            ],
+        }
+        verdict = ""
+        if target is not None:
+            verdict = f" (target < {target} ms: {'met' if median < target else 'MISSED'})"
+        say(
+            f"admin {url}: {median:.1f} ms median, {max(times):.1f} ms max, "
+            f"{len(queries)} queries{verdict}"
+        )
+    return {
+        "history": sizes.history,
+        "waiting": sizes.waiting,
+        "warmups": ADMIN_WARMUPS,
+        "requests": ADMIN_REQUESTS,
+        "job": job,
+        "pages": pages,
+    }
+
+
 def measure_scale(sizes):
+    """The large history: claim and finish on an empty and a loaded jobs table, dq's admin
+    pages on the loaded one, then a drain; returns the figures and those of the admin."""
     flush()
     insert_jobs(sizes.claim_calls * 10 + 10, finished=False)
     vacuum()
@@ -751,6 +867,7 @@ def measure_scale(sizes):
     vacuum()
     loaded = time.perf_counter() - began
     say(f"loaded {sizes.history:,} finished + {sizes.waiting:,} waiting jobs in {loaded:.1f} s")
+    admin_pages = measure_admin(sizes)
     large = measure_claims(sizes.claim_calls)
     say(
         f"claim cost, large table: {large['claim_10_ms_mean']:.2f} ms per claim of 10, "
@@ -783,7 +900,7 @@ def measure_scale(sizes):
         f"drain with a large history: {drain['steady_jobs_per_s']:,.0f} jobs/s steady"
         f"{errors_logged(work)}"
     )
-    return {
+    scale = {
         "history": sizes.history,
         "waiting": sizes.waiting,
         "load_seconds": loaded,
@@ -791,6 +908,7 @@ def measure_scale(sizes):
         "claims_large": large,
         "drain_large": drain,
     }
+    return scale, admin_pages
 
 
 def server_params(database_key):
@@ -838,7 +956,7 @@ def main(argv=None):
     results["drain"] = [measure_drain(size, label, args) for size, label, args in sizes.drains]
     results["latency"] = measure_latency(sizes.latency_jobs)
     results["polling"] = measure_polling(sizes)
-    results["scale"] = measure_scale(sizes)
+    results["scale"], results["admin_pages"] = measure_scale(sizes)
     results["load_after"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - began
     results["python"] = platform.python_version()

@@ -252,6 +252,24 @@ def table(results):
         ),
     )
 
+    admin_runs = [run["admin_pages"] for run in runs.values() if run.get("admin_pages")]
+    if admin_runs:  # runs before the admin was measured have none
+        section("Admin pages with a large history, ms: median / max (queries)")
+        for key, page in admin_runs[0]["pages"].items():
+            target = page["target_ms"]
+            path = page["path"].replace("{job}", "<id>")
+
+            def timed(run, key=key):
+                page = (run.get("admin_pages") or {}).get("pages", {}).get(key)
+                if page is None:
+                    return "-"
+                return f"{ms(page['median_ms'])} / {ms(page['max_ms'])} ({page['queries']})"
+
+            row(
+                f"  {page['label']}, {path}" + ("" if target is None else f" (target < {target})"),
+                timed,
+            )
+
     many = sizes["ceiling_connections"]
     section("Database ceiling: the bare SQL of a job without dq, jobs/s")
     for kind, label in (("job", "enqueue + claim + finish"), ("drain", "claim + finish")):

@@ -26,7 +26,42 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 
-INSTALLED_APPS = ["dq", "benchmarks"]
+# The admin and what it needs: the benchmark times dq's admin pages with a large history
+# (django.test.Client in the measuring process, whose host is "testserver").
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "dq",
+    "benchmarks",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+ROOT_URLCONF = "benchmarks.urls"
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+STATIC_URL = "static/"
 
 # dq's defaults: no OPTIONS, as a user starts out.
 TASKS = {"default": {"BACKEND": "dq.backend.DQBackend", "QUEUES": []}}
