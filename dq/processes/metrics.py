@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 from django.utils import timezone
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -41,6 +41,13 @@ SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # loop waits for it meanwhile.
 REQUEST_TIMEOUT = 5.0
 PATH = "/metrics"
+
+
+def use_multiprocess_values() -> None:
+    """Make metrics created from now on keep their values in PROMETHEUS_MULTIPROC_DIR's
+    files, even if prometheus_client was imported before that variable was set (it reads
+    it once, at import, into ``values.ValueClass``)."""
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # unannotated
 
 
 def due_at(job: Job) -> datetime:

@@ -117,9 +117,13 @@ class Supervisor(Runnable):
             return
         directory = tempfile.mkdtemp(prefix="dq-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-        # Imported now, not before: prometheus_client reads PROMETHEUS_MULTIPROC_DIR at
-        # import, and a project without a metrics port needs it neither installed nor loaded.
-        from .metrics import Metrics, MetricsServer
+        # Imported now, not before: a project without a metrics port needs it neither
+        # installed nor loaded.
+        from .metrics import Metrics, MetricsServer, use_multiprocess_values
+
+        # prometheus_client chooses how values are kept when it is first imported, which
+        # may have been before now (the project's URLs, another library): choose again.
+        use_multiprocess_values()
 
         self.metrics = Metrics(directory)
         self.metrics_server = MetricsServer(self.config, self.metrics)
