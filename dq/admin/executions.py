@@ -112,16 +112,17 @@ class FailedExecutionAdmin(ExecutionAdmin[FailedExecution]):
     ordering = ["-id"]
     sortable_by = ["job_id_link", "failed"]
     actions = ["retry_jobs", "discard_jobs"]
-    # The actions each row offers as buttons (the form of each: failedexecution's
-    # change_list.html), with the permission each takes.
-    row_actions = [("retry_jobs", "Retry", "retry"), ("discard_jobs", "Discard", "discard")]
+    # The actions each row offers as buttons, by label (the form of each: failedexecution's
+    # change_list.html).
+    row_actions = {"retry_jobs": "Retry", "discard_jobs": "Discard"}
+
+    def allowed_row_actions(self, request: HttpRequest) -> list[tuple[str, str]]:
+        """The row actions the user may run (each action's own permission): name, label."""
+        allowed = self.get_actions(request)
+        return [(name, label) for name, label in self.row_actions.items() if name in allowed]
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:
-        allowed = [
-            (name, label)
-            for name, label, permission in self.row_actions
-            if getattr(self, f"has_{permission}_permission")(request)
-        ]
+        allowed = self.allowed_row_actions(request)
         if not allowed:
             return list(self.list_display)
 
@@ -142,12 +143,10 @@ class FailedExecutionAdmin(ExecutionAdmin[FailedExecution]):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        allowed = [
-            name
-            for name, _, permission in self.row_actions
-            if getattr(self, f"has_{permission}_permission")(request)
-        ]
-        return super().changelist_view(request, {**(extra_context or {}), "row_actions": allowed})
+        row_actions = [name for name, _ in self.allowed_row_actions(request)]
+        return super().changelist_view(
+            request, {**(extra_context or {}), "row_actions": row_actions}
+        )
 
     @admin.display(description="error")
     def error(self, failed: FailedExecution) -> SafeString:
