@@ -15,7 +15,7 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
 
-from . import checks
+from . import checks, tracing
 from .conf import (
     DEFAULT_CONCURRENCY_DURATION,
     exponential_backoff,  # noqa: F401 - part of the public surface
@@ -232,7 +232,12 @@ class DQBackend(BaseTaskBackend):
         jobs = self.new_jobs(task, calls)
         if not jobs:
             return []
-        jobs = Job.enqueue(jobs, using=self.database)
+        with tracing.enqueue_span(task.module_path, task.queue_name, len(jobs)) as context:
+            if context is not None:
+                for job in jobs:
+                    job.trace_context = context  # one object: a bulk insert sends it once
+            jobs = Job.enqueue(jobs, using=self.database)
+            tracing.enqueued(jobs)
         results = [
             self.to_result(job, task)
             if getattr(job, "duplicate", False)

@@ -74,5 +74,37 @@ TASKS = {"default": {"BACKEND": "dq.backend.DQBackend", "QUEUES": []}}
 # Subprocesses started by the tests (dq_work) take extra backend OPTIONS from here.
 TASKS["default"]["OPTIONS"] = env.json("DQ_TEST_OPTIONS", default={})
 
+# A dq_work started by the tracing tests exports its spans to this file (tests/tracing.py).
+if traces := env.str("DQ_TEST_TRACES", default=""):
+    from tests.tracing import export_spans_to
+
+    export_spans_to(traces)
+
+# A dq_work started by the logging tests writes JSON lines there, with the job's fields.
+if json_log := env.str("DQ_TEST_JSON_LOG", default=""):
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(levelname)s %(name)s %(message)s",
+            }
+        },
+        "filters": {"job_fields": {"()": "dq.log.JobFields"}},
+        "handlers": {
+            "json": {
+                "class": "logging.FileHandler",
+                "filename": json_log,
+                "formatter": "json",
+                "filters": ["job_fields"],
+            }
+        },
+        "loggers": {
+            name: {"handlers": ["json"], "level": "INFO"}
+            for name in ("django.tasks", "dq", "tests")
+        },
+    }
+
 # Logging in test users hashes passwords: keep it fast.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

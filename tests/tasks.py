@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -49,6 +50,22 @@ def flaky(label, fail_times):
     if runs < fail_times:
         raise ValueError(f"failure {runs + 1} of {label}")
     return runs + 1
+
+
+@task
+def chatty(label):
+    """Log a line of its own while it runs."""
+    logging.getLogger(__name__).info("working on %s", label)
+    return label
+
+
+@task
+def traced(label):
+    """Trace a step of its own: a span inside its run's."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("tests").start_as_current_span(f"step {label}"):
+        return label
 
 
 @task

@@ -91,6 +91,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     unique_key = ExactCharField(max_length=255, null=True, blank=True)
     unique_for = models.FloatField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The W3C trace context (traceparent, tracestate) of the span that enqueued the job, its
+    # runs' parent (dq.tracing); NULL without OpenTelemetry or a recorded span.
+    trace_context = models.JSONField(null=True, blank=True)
 
     class Meta:
         db_table = "dq_job"

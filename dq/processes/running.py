@@ -17,8 +17,10 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
+from .. import tracing
 from ..db import database
 from ..exceptions import ExactlyOnceViolation, TransactionRolledBackError
+from ..log import job_context
 from ..models import ClaimedExecution, Job
 from ..results import record_outcome, result_of
 from ..serialization import describe_error, exception_path, jsonable, load_task
@@ -138,7 +140,8 @@ class Running(Runnable):
         run = self.runs.setdefault(job.claim_id, Run(job))
         self.jobs_started += 1
         try:
-            self._perform(job, run)
+            with job_context(job_fields(job)):
+                self._perform(job, run)
         except Exception:
             logger.exception(
                 "%s: could not record the end of job %s", self.name, job.pk, extra=job_fields(job)
@@ -180,15 +183,16 @@ class Running(Runnable):
         exactly_once = job.delivery == Job.Delivery.EXACTLY_ONCE
         try:
             # Anything that goes wrong from here on is the job's failure, never the worker's.
-            task = load_task(job.task_path)
-            backend = task_backends[job.backend]
-            result = result_of(job, task, database=self.database, running_worker_id=self.name)
-            run.result, run.task, run.backend = result, task, backend
-            task_started.send(type(backend), task_result=result)
-            if exactly_once:
-                ended = self.run_exactly_once(job, task, result)
-            else:
-                job.return_value = self.call(job, task, result)
+            with tracing.run_span(job):
+                task = load_task(job.task_path)
+                backend = task_backends[job.backend]
+                result = result_of(job, task, database=self.database, running_worker_id=self.name)
+                run.result, run.task, run.backend = result, task, backend
+                task_started.send(type(backend), task_result=result)
+                if exactly_once:
+                    ended = self.run_exactly_once(job, task, result)
+                else:
+                    job.return_value = self.call(job, task, result)
         except BaseException as error:  # a task's SystemExit must not stop the worker
             if isinstance(error, TransactionRolledBackError):
                 end = functools.partial(self.interrupt_run, job, error)
@@ -245,42 +249,44 @@ class Running(Runnable):
         fields = {**job_fields(job), "duration": duration}
         backend = run.backend if run else None
         try:
-            self.count_end(job, recorded, failure, duration)
-            if recorded is None:
-                logger.warning(
-                    "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
-                    self.name,
-                    job.pk,
-                    duration,
-                    extra=fields,
-                )
-            elif failure is not None and recorded.status != recorded.Status.FAILED:
-                logger.warning(
-                    "%s: job %s (%s) attempt %s raised %s: %s; retrying at %s",
-                    self.name,
-                    job.pk,
-                    job.task_path,
-                    recorded.attempt_count,
-                    exception_path(type(failure)),
-                    failure,
-                    recorded.scheduled_at
-                    if recorded.status == recorded.Status.SCHEDULED
-                    else "once",
-                    extra=fields,
-                )
-            elif backend is not None and run is not None and run.result is not None:
-                record_outcome(run.result, recorded)
-                task_finished.send(type(backend), task_result=run.result)
-            else:
-                logger.error(
-                    "%s: job %s (%s) failed: %s",
-                    self.name,
-                    job.pk,
-                    job.task_path,
-                    recorded.errors[-1]["message"],
-                    exc_info=failure,
-                    extra=fields,
-                )
+            # Records logged meanwhile (Django's, receivers') are about this job too.
+            with job_context(fields):
+                self.count_end(job, recorded, failure, duration)
+                if recorded is None:
+                    logger.warning(
+                        "%s: job %s was taken over while it ran (%.1fs); its outcome is dropped",
+                        self.name,
+                        job.pk,
+                        duration,
+                        extra=fields,
+                    )
+                elif failure is not None and recorded.status != recorded.Status.FAILED:
+                    logger.warning(
+                        "%s: job %s (%s) attempt %s raised %s: %s; retrying at %s",
+                        self.name,
+                        job.pk,
+                        job.task_path,
+                        recorded.attempt_count,
+                        exception_path(type(failure)),
+                        failure,
+                        recorded.scheduled_at
+                        if recorded.status == recorded.Status.SCHEDULED
+                        else "once",
+                        extra=fields,
+                    )
+                elif backend is not None and run is not None and run.result is not None:
+                    record_outcome(run.result, recorded)
+                    task_finished.send(type(backend), task_result=run.result)
+                else:
+                    logger.error(
+                        "%s: job %s (%s) failed: %s",
+                        self.name,
+                        job.pk,
+                        job.task_path,
+                        recorded.errors[-1]["message"],
+                        exc_info=failure,
+                        extra=fields,
+                    )
         except Exception:
             logger.exception(
                 "%s: could not announce the end of job %s", self.name, job.pk, extra=fields

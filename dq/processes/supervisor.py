@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connections
 
+from .. import tracing
 from ..conf import Configuration
 from ..exceptions import ProcessExitError
 from ..models import ClaimedExecution, Process
@@ -209,6 +210,7 @@ class Supervisor(Runnable):
         except BaseException:
             logger.exception("dq %s (pid %s) crashed", child.description, os.getpid())
         finally:
+            tracing.flush()  # os._exit follows: nothing else would export its spans
             logging.shutdown()
         return status
 

@@ -1,9 +1,9 @@
-"""dq's imports flow one way: management -> processes | admin | backend -> stats -> models
--> db -> conf, exceptions, queues, serialization. No module imports one of a layer above
-its own or a sibling of its layer, no import circles, no import inside a function to
-dodge one. Imports under ``if TYPE_CHECKING:`` exist for the type checker only (a mixin
-naming the model it is mixed into): they are never run, so they make no circle, but they
-too go only to their own layer or a lower one."""
+"""dq's imports flow one way: management -> processes | admin | backend -> stats, tracing
+-> models -> db -> conf, exceptions, queues, serialization, log. No module imports one of a
+layer above its own or a sibling of its layer, no import circles, no import inside a
+function to dodge one. Imports under ``if TYPE_CHECKING:`` exist for the type checker only
+(a mixin naming the model it is mixed into): they are never run, so they make no circle,
+but they too go only to their own layer or a lower one."""
 
 import ast
 from pathlib import Path
@@ -20,10 +20,11 @@ LAYERS = [
         "dq.apps",
         "dq.problems",
         "dq.schedules",
+        "dq.log",
     },
     {"dq.db"},
     {"dq.models"},
-    {"dq.stats", "dq.checks", "dq.results"},
+    {"dq.stats", "dq.checks", "dq.results", "dq.tracing"},
     # Siblings: none of these imports another.
     {"dq.backend", "dq.admin", "dq.processes"},
     # Above the admin: its template tags say times as the admin pages do.
@@ -33,8 +34,10 @@ SIBLINGS = LAYERS[4]
 # The imports inside a function, and why: psycopg is imported on first use, so that a
 # project on SQLite does not need it installed; dq's metrics (and so prometheus_client)
 # once the supervisor has named their directory, which prometheus_client reads at import,
-# and only with a metrics port, so that a project without one does not need it installed.
+# and only with a metrics port, so that a project without one does not need it installed;
+# OpenTelemetry in a try at import, where it is installed (dq.tracing does nothing without).
 LAZY = {
+    ("dq.tracing", "opentelemetry"),
     ("dq.db.postgresql", "django.db.backends.postgresql.base"),
     ("dq.processes.supervisor", "dq.processes.metrics"),
 }
