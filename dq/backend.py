@@ -16,6 +16,7 @@ from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
 
 from . import checks, tracing
+from .batches import open_batch
 from .conf import (
     DEFAULT_CONCURRENCY_DURATION,
     exponential_backoff,  # noqa: F401 - part of the public surface
@@ -236,6 +237,8 @@ class DQBackend(BaseTaskBackend):
             if context is not None:
                 for job in jobs:
                     job.trace_context = context  # one object: a bulk insert sends it once
+            if (block := open_batch()) is not None:
+                return block.take(self, task, jobs)  # created as the block exits
             jobs = Job.enqueue(jobs, using=self.database)
             tracing.enqueued(jobs)
         results = [

@@ -303,3 +303,31 @@ def meet_a_lock_timeout_once(context, label, met_file):
         Path(met_file).touch()
         wait_in_vain_for_a_lock(int(context.task_result.id))
     return label
+
+
+# -- batches (tests/unit/test_batches.py, tests/processes/test_batch_processes.py) ----------
+
+
+@task
+def batch_finished(batch_id, **kwargs):
+    """A batch's callback: records ``finish BATCH kwargs``."""
+    Run.objects.create(label=f"finish {batch_id} {sorted(kwargs.items())}", pid=os.getpid())
+
+
+@task(queue_name="callbacks", priority=5)
+def batch_succeeded(batch_id, **kwargs):
+    Run.objects.create(label=f"success {batch_id} {sorted(kwargs.items())}", pid=os.getpid())
+
+
+@task
+def batch_failed(batch_id, **kwargs):
+    Run.objects.create(label=f"failure {batch_id} {sorted(kwargs.items())}", pid=os.getpid())
+
+
+@task(takes_context=True)
+def grow_batch(context, count):
+    """Add ``count`` jobs to its own batch while it runs."""
+    from dq.batches import add_to_batch
+
+    with add_to_batch(context.batch_id):
+        add.enqueue_many([((n, 1), {}) for n in range(count)])

@@ -1,3 +1,4 @@
+from .batch import Batch
 from .blocked import BlockedExecution
 from .claimed import ClaimedExecution, runs_interrupted
 from .failed import FailedExecution
@@ -10,6 +11,7 @@ from .scheduled import ScheduledExecution
 from .semaphore import Semaphore
 
 __all__ = [
+    "Batch",
     "BlockedExecution",
     "ClaimedExecution",
     "FailedExecution",

@@ -1,6 +1,7 @@
 import functools
 import logging
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -104,20 +105,31 @@ class ClaimedExecution(Execution):
             now=now,
         )
         keyed = [job for job in ends if job.concurrency_key]
-        if keyed:
-            # Giving their slots back is more statements: one transaction for them all.
+        in_batches = [job for job in ends if job.batch_id is not None]
+        if keyed or in_batches:
+            # Giving their slots back and counting their batches' ends are more
+            # statements: one transaction for them all.
             with database(using).atomic():
                 started, ended, returned = write()
                 for job in Job.in_key_order(job for job in keyed if job.claim_id in ended):
                     job.release_slot(using=using)
+                cls.record_successes(ends, ended, worker_id=worker_id, now=now)
+                Job.count_ends([job for job in in_batches if job.claim_id in ended], using=using)
         else:
             started, ended, returned = write()
-        for job in ends:
-            if job.claim_id in ended:
-                job.record_success(worker_id=worker_id, finished_at=now)
+            cls.record_successes(ends, ended, worker_id=worker_id, now=now)
         claimed = Job.from_returned(returned, using=using)
         claimed.sort(key=lambda job: (-job.priority, job.pk))
         return started, ended, claimed
+
+    @staticmethod
+    def record_successes(
+        ends: Sequence[Job], ended: set[int], *, worker_id: str, now: datetime
+    ) -> None:
+        """Bring the jobs of ``ends`` whose claim is in ``ended`` up to their end."""
+        for job in ends:
+            if job.claim_id in ended:
+                job.record_success(worker_id=worker_id, finished_at=now)
 
     @classmethod
     def finish(cls, job: Job, *, worker_id: str, using: str) -> bool:

@@ -67,12 +67,15 @@ class Clearing:
                 jobs = list(
                     cls.objects.using(using)
                     .filter(pk__in=batch)
-                    .only("task_path", "status", "concurrency_key")
+                    .only("task_path", "status", "concurrency_key", "batch_id")
                 )
                 cls.objects.using(using).filter(pk__in=locked).delete()
                 for job in cls.in_key_order(jobs):
                     if job.pk in locked and job.status == cls.Status.READY:
                         job.release_slot(using=using)
+                discarded = [job for job in jobs if job.pk in locked and job.batch_id]
+                if discarded:
+                    cls.batch_model().count_discards(discarded, using=using)
             yield (
                 [job for job in jobs if job.pk in locked],
                 [job for job in jobs if job.pk not in locked],
@@ -122,6 +125,7 @@ class Clearing:
             job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
             if was_ready:
                 job.release_slot(using=using)
+            cls.count_ends([job], using=using)
         return job.status
 
     @classmethod
@@ -139,9 +143,15 @@ class Clearing:
         how many."""
         pruned = 0
         while True:
+            # A batch's jobs go with their batch (Batch.prune): its counts stay theirs.
             batch = list(
                 cls.objects.using(using)
-                .filter(backend=backend, status__in=statuses, finished_at__lt=finished_before)
+                .filter(
+                    backend=backend,
+                    status__in=statuses,
+                    finished_at__lt=finished_before,
+                    batch__isnull=True,
+                )
                 .order_by("pk")
                 .values_list("pk", flat=True)[:batch_size]
             )

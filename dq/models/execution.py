@@ -41,8 +41,13 @@ class Execution(models.Model):
                 )
                 cls.objects.using(using).filter(job_id__in=job_ids).delete()
                 jobs = Job.make_ready(job_ids, using=using, **changes)
+                cls.left(jobs, using=using)
             if jobs:
                 yield jobs
+
+    @classmethod
+    def left(cls, jobs: list[Job], *, using: str) -> None:
+        """``jobs`` left this state for ready (in ``make_ready_batches``' transaction)."""
 
 
 class QueuedExecution(Execution):

@@ -3,6 +3,7 @@ from collections.abc import Iterator
 from django.db import models
 from django.db.models import F, QuerySet
 
+from .batch import Batch
 from .execution import Execution
 from .job import Job
 
@@ -46,3 +47,9 @@ class FailedExecution(Execution):
         yield from cls.make_ready_batches(
             queryset, batch_size=batch_size, using=using, **ONE_MORE_ATTEMPT
         )
+
+    @classmethod
+    def left(cls, jobs: list[Job], *, using: str) -> None:
+        """Retried: their batches are pending again (``Batch.count_retries``)."""
+        if any(job.batch_id for job in jobs):
+            Batch.count_retries(jobs, using=using)

@@ -1,4 +1,5 @@
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, cast, overload
 
@@ -15,6 +16,7 @@ from .fields import ExactCharField, PartialIndex
 from .placing import Placing
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .blocked import BlockedExecution
     from .claimed import ClaimedExecution
     from .failed import FailedExecution
@@ -91,6 +93,10 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     unique_key = ExactCharField(max_length=255, null=True, blank=True)
     unique_for = models.FloatField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The batch the job belongs to (dq.batches), whose counts its end changes.
+    batch = models.ForeignKey(
+        "dq.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
     # The W3C trace context (traceparent, tracestate) of the span that enqueued the job, its
     # runs' parent (dq.tracing); NULL without OpenTelemetry or a recorded span.
     trace_context = models.JSONField(null=True, blank=True)
@@ -220,6 +226,19 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
             job.claim_id = row[at["claim_id"]]
             jobs.append(job)
         return jobs
+
+    @classmethod
+    def batch_model(cls) -> "type[Batch]":
+        """The Batch model, reached through the relation Job declares (it imports Job)."""
+        return cast("type[Batch]", cls._meta.get_field("batch").related_model)
+
+    @classmethod
+    def count_ends(cls, jobs: "Iterable[Job]", *, using: str) -> None:
+        """Count the ends of those of ``jobs`` that belong to a batch, in the transaction
+        that ended them (``Batch.count_ends``)."""
+        in_batches = [job for job in jobs if job.batch_id is not None]
+        if in_batches:
+            cls.batch_model().count_ends(in_batches, using=using)
 
     @property
     def failure_count(self) -> int:

@@ -51,6 +51,7 @@ class Placing:
             else:
                 job.status = cls.Status.BLOCKED
             changed.append(job)
+        cls.count_ends([job for job in changed if job.status == cls.Status.CANCELLED], using=using)
         return changed
 
     @classmethod
@@ -121,6 +122,7 @@ class Placing:
             traceback=error["traceback"],
             failed_at=now,
         )
+        self.count_ends([self], using=using)
 
     @classmethod
     def in_key_order[J: Job](cls, jobs: Iterable[J]) -> list[J]:
@@ -147,4 +149,5 @@ CONCURRENCY_FIELDS = (
     "on_conflict",
     "unique_key",
     "finished_at",
+    "batch_id",
 )

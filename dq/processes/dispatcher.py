@@ -5,7 +5,7 @@ from typing import Any
 from django.utils import timezone
 
 from ..conf import DEFAULT_PRUNE_BATCH_SIZE, Configuration
-from ..models import BlockedExecution, Job, Process, RecurringExecution, ScheduledExecution
+from ..models import Batch, BlockedExecution, Job, Process, RecurringExecution, ScheduledExecution
 from .base import Role
 
 
@@ -48,6 +48,12 @@ class Dispatcher(Role):
             ([Job.Status.FAILED], self.config.keep_failed),
         ):
             if keep is not None:
+                Batch.prune(
+                    backend=self.config.backend,
+                    finished_before=now - timedelta(seconds=keep),
+                    failed=Job.Status.FAILED in statuses,
+                    using=self.database,
+                )
                 Job.prune(
                     backend=self.config.backend,
                     finished_before=now - timedelta(seconds=keep),

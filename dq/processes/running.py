@@ -65,6 +65,8 @@ class WorkerTaskContext(TaskContext):  # type: ignore[misc, type-arg]
 
     is_stopping: Callable[[], bool] = field(default=lambda: False, repr=False)
     database: str = "default"
+    # The batch the job belongs to, if any: ``with add_to_batch(context.batch_id):`` grows it.
+    batch_id: str | None = None
 
     @property
     def stopping(self) -> bool:
@@ -315,6 +317,7 @@ class Running(Runnable):
                 task_result=result,
                 is_stopping=lambda: self.stopping is not None,
                 database=self.database,
+                batch_id=job.batch_id,
             )
             value = task.call(context, *job.args, **job.kwargs)
         else:

@@ -34,3 +34,8 @@ def at_most_once(context):
 def exactly_once(context):
     """Its execution row is written inside the job's transaction."""
     execute(ExactlyOnceExecution, context)
+
+
+@task(max_attempts=3, backoff=0.1)
+def batch_ended(batch_id, outcome):
+    """A batch's callback: its job is what the run counts (one per batch and outcome)."""

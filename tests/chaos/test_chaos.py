@@ -20,7 +20,8 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from dq.models import Job, Process
+from dq.batches import batch
+from dq.models import Batch, Job, Process
 
 from ..conftest import RESTARTABLE_SERVERS, _children_of, pid_alive, wait_until
 from ..models import AtLeastOnceExecution, AtMostOnceExecution, ExactlyOnceExecution
@@ -112,14 +113,43 @@ class Chaos:
 
 
 def enqueue(per_mode):
-    """``per_mode`` jobs of each delivery mode, interleaved in batches."""
+    """``per_mode`` jobs of each delivery mode, interleaved, 100 to a dq batch whose
+    callbacks are enqueued as its last job ends."""
     for start in range(0, per_mode, 100):
         for task, _ in MODES.values():
-            task.enqueue_many([((), {})] * min(100, per_mode - start))
+            with batch(
+                on_finish=tasks.batch_ended,
+                on_success=tasks.batch_ended,
+                on_failure=tasks.batch_ended,
+                kwargs={"outcome": "ended"},
+            ):
+                task.enqueue_many([((), {})] * min(100, per_mode - start))
 
 
 def done():
-    return Job.objects.filter(status__in=FINAL).count()
+    return Job.objects.filter(status__in=FINAL, batch__isnull=False).count()
+
+
+def check_batches(report):
+    """Every batch's counts are its jobs' (recounted), it has finished, and each of its
+    callbacks was enqueued once: on_finish, and on_success or on_failure."""
+    callbacks = Counter(
+        Job.objects.filter(task_path=tasks.batch_ended.module_path).values_list(
+            "kwargs__batch_id", flat=True
+        )
+    )
+    for batch_row in Batch.objects.all():
+        statuses = Counter(batch_row.jobs.values_list("status", flat=True))
+        recount = {
+            "total": sum(statuses.values()),
+            "succeeded": statuses[Job.Status.SUCCESSFUL],
+            "failed": statuses[Job.Status.FAILED],
+            "cancelled": statuses[Job.Status.CANCELLED],
+        }
+        assert {name: getattr(batch_row, name) for name in recount} == recount, report
+        assert batch_row.is_finished, report
+        assert callbacks[batch_row.pk] == 2, (batch_row.pk, batch_row.callback_jobs, report)
+        assert set(batch_row.callback_jobs) in ({"finish", "success"}, {"finish", "failure"})
 
 
 def settle(total):
@@ -295,7 +325,9 @@ def test_chaos(dq_work, request, capsys):
     if connection.vendor in RESTARTABLE_SERVERS:
         # On a server of the tests' own, which the run restarts.
         cluster = request.getfixturevalue("restartable_db")
-    check_guarantees(*run_chaos(dq_work, cluster, capsys, connection.vendor))
+    rows, report = run_chaos(dq_work, cluster, capsys, connection.vendor)
+    check_guarantees(rows, report)
+    check_batches(report)
 
 
 def test_chaos_on_sqlite_with_djangos_default_settings(dq_work, sqlite_defaults_db, capsys):
@@ -304,6 +336,7 @@ def test_chaos_on_sqlite_with_djangos_default_settings(dq_work, sqlite_defaults_
     live worker is pruned for a heartbeat that waited on the lock."""
     rows, report = run_chaos(dq_work, None, capsys, "sqlite with Django's default settings")
     check_guarantees(rows, report)
+    check_batches(report)
     errors = {mode: attempt_errors(task) for mode, (task, _) in MODES.items()}
     assert not [
         error for error in errors["exactly_once"] if error[0] == "django.db.utils.OperationalError"
