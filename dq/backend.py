@@ -22,6 +22,7 @@ from .conf import (
     exponential_backoff,  # noqa: F401 - part of the public surface
 )
 from .models import Job
+from .models.enqueueing import given_fields
 from .problems import number_problem
 from .results import backoff_of, enqueued_result, result_of
 from .serialization import jsonable
@@ -233,6 +234,9 @@ class DQBackend(BaseTaskBackend):
         jobs = self.new_jobs(task, calls)
         if not jobs:
             return []
+        for name, value in given_fields.get().items():  # a chain's step, say
+            for job in jobs:
+                setattr(job, name, value)
         with tracing.enqueue_span(task.module_path, task.queue_name, len(jobs)) as context:
             if context is not None:
                 for job in jobs:

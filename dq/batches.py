@@ -32,9 +32,9 @@ from django.utils import timezone
 from .db import database
 from .exceptions import TransitionNotAllowed
 from .models import Batch, Job
-from .models.batch import open_block
+from .models.enqueueing import open_block
 from .results import STATUS_OF_JOB, enqueued_result
-from .serialization import jsonable
+from .serialization import jsonable, task_reference
 
 if TYPE_CHECKING:
     from django.tasks.backends.base import BaseTaskBackend
@@ -89,14 +89,7 @@ def batch(
         description=description,
         backend=alias,
         kwargs=arguments,
-        callbacks={
-            kind: {
-                "task": task.module_path,
-                "queue_name": task.queue_name,
-                "priority": task.priority,
-            }
-            for kind, task in callbacks.items()
-        },
+        callbacks={kind: task_reference(task, f"on_{kind}") for kind, task in callbacks.items()},
     )
     return OpenBatch(new.pk, new=new, database=_database_of(alias))
 

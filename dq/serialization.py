@@ -22,6 +22,30 @@ def load_task(path: str) -> "Task[..., Any]":
     return task
 
 
+def task_reference(task: "Task[..., Any]", what: str) -> dict[str, Any]:
+    """What a job stores to enqueue ``task`` later (a batch's callback, a chain's next
+    step): its path, queue and priority. ValueError if it has other options than the task
+    at its path (``.using(max_attempts=...)``), which would be lost."""
+    reference = {
+        "task": task.module_path,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+    }
+    try:
+        stored = load_task(task.module_path)
+    except ImportError:
+        stored = None
+    if stored is None or stored.using(
+        queue_name=task.queue_name, priority=task.priority
+    ) != task.using(queue_name=task.queue_name, priority=task.priority):
+        raise ValueError(
+            f"{what} {task.module_path} is enqueued later from its path, with its queue and "
+            "priority: it must be the module-level task, or a .using() of it with another "
+            "queue_name or priority only."
+        )
+    return reference
+
+
 # One encoder for every check: json.dumps with an option builds a new one per call.
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 

@@ -5,7 +5,6 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -15,14 +14,10 @@ from django.utils import timezone
 
 from ..db import database
 from ..serialization import load_task
+from .enqueueing import enqueued_as
 from .job import Job
 
 logger = logging.getLogger(__name__)
-
-
-# The batch block (dq.batches.OpenBatch) open in this thread or task, if any: the dq jobs
-# enqueued meanwhile join it.
-open_block: ContextVar[Any] = ContextVar("dq_open_batch", default=None)
 
 
 def new_batch_id() -> str:
@@ -138,19 +133,17 @@ class Batch(models.Model):
         its job's id, or the error that kept it from being enqueued (its task gone since
         the batch was made, say), which is logged."""
         callback = self.callbacks[kind]
-        block = open_block.set(None)  # a batch block open here does not take it
         try:
             task = load_task(callback["task"]).using(
                 queue_name=callback["queue_name"], priority=callback["priority"]
             )
-            return int(task.enqueue(batch_id=self.pk, **self.kwargs).id)
+            with enqueued_as({}):
+                return int(task.enqueue(batch_id=self.pk, **self.kwargs).id)
         except DatabaseError:
             raise  # the transaction is lost: whoever runs it tries it again
         except Exception as error:
             logger.exception("Batch %s: cannot enqueue its on_%s callback", self.pk, kind)
             return f"{type(error).__name__}: {error}"
-        finally:
-            open_block.reset(block)
 
     @classmethod
     def grow(cls, batch_id: str, count: int, *, using: str) -> bool:

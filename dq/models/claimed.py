@@ -105,16 +105,17 @@ class ClaimedExecution(Execution):
             now=now,
         )
         keyed = [job for job in ends if job.concurrency_key]
-        in_batches = [job for job in ends if job.batch_id is not None]
-        if keyed or in_batches:
-            # Giving their slots back and counting their batches' ends are more
-            # statements: one transaction for them all.
+        # Jobs of a batch or a chain: their ends are counted, or their next steps enqueued.
+        followed = [job for job in ends if job.batch_id is not None or job.chain]
+        if keyed or followed:
+            # Giving their slots back and what follows their ends are more statements: one
+            # transaction for them all.
             with database(using).atomic():
                 started, ended, returned = write()
                 for job in Job.in_key_order(job for job in keyed if job.claim_id in ended):
                     job.release_slot(using=using)
                 cls.record_successes(ends, ended, worker_id=worker_id, now=now)
-                Job.count_ends([job for job in in_batches if job.claim_id in ended], using=using)
+                Job.ended([job for job in followed if job.claim_id in ended], using=using)
         else:
             started, ended, returned = write()
             cls.record_successes(ends, ended, worker_id=worker_id, now=now)

@@ -125,7 +125,7 @@ class Clearing:
             job.save(using=using, update_fields=["status", "finished_at", "unique_key"])
             if was_ready:
                 job.release_slot(using=using)
-            cls.count_ends([job], using=using)
+            cls.ended([job], using=using)
         return job.status
 
     @classmethod

@@ -1,7 +1,11 @@
 """How jobs are enqueued: inserted with their first execution row, in one transaction;
 many at once in one statement where the database can; a unique job at most once."""
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -11,9 +15,12 @@ from django.db.models import Field
 from django.utils import timezone
 
 from ..db import database
+from ..serialization import load_task
 
 if TYPE_CHECKING:
     from .job import Job
+
+logger = logging.getLogger(__name__)
 
 
 def _prepared(field: "Field[Any, Any]", value: Any, connection: BaseDatabaseWrapper) -> Any:
@@ -32,6 +39,26 @@ def _prepared(field: "Field[Any, Any]", value: Any, connection: BaseDatabaseWrap
 
 
 _PREPARED: dict[tuple[str, str, type, Any], Any] = {}
+
+# The batch block (dq.batches.OpenBatch) open in this thread or task, if any: the dq jobs
+# enqueued meanwhile join it.
+open_block: ContextVar[Any] = ContextVar("dq_open_batch", default=None)
+# Fields (by attribute name) that the jobs enqueued meanwhile are given: a chain's next
+# step its place in the chain, and its batch.
+given_fields: ContextVar[dict[str, Any]] = ContextVar("dq_given_fields", default={})  # noqa: B039 - never changed in place
+
+
+@contextlib.contextmanager
+def enqueued_as(fields: dict[str, Any]) -> Iterator[None]:
+    """Enqueues meanwhile are dq's own (a callback, a chain's next step): no batch block
+    open here takes their jobs, and they get ``fields``."""
+    block, given = open_block.set(None), given_fields.set(fields)
+    try:
+        yield
+    finally:
+        given_fields.reset(given)
+        open_block.reset(block)
+
 
 # The fields an insert writes with their SQL types (Enqueueing.inserted_columns), per vendor.
 _INSERTED_COLUMNS: "dict[str, list[tuple[Field[Any, Any], str]]]" = {}
@@ -81,6 +108,33 @@ class Enqueueing:
                     job.pk, job._state.adding = None, True
                     job.status, job.finished_at = status, None
         raise AssertionError("unreachable")
+
+    @classmethod
+    def enqueue_next_steps[J: Job](cls: type[J], jobs: list[J], *, using: str) -> None:  # type: ignore[misc]
+        """In the transaction that ended chain steps ``jobs`` successfully: enqueue each
+        one's next step, with its return value as the first argument (and in its batch,
+        which grows by it before the step's end is counted)."""
+        for job in jobs:
+            assert job.chain is not None
+            following, *rest = job.chain["next"]
+            fields: dict[str, Any] = {
+                "chain": {**job.chain, "step": job.chain["step"] + 1, "next": rest}
+            }
+            if job.batch_id is not None:
+                cls.batch_model().grow(job.batch_id, 1, using=using)
+                fields["batch_id"] = job.batch_id
+            try:
+                task = load_task(following["task"]).using(
+                    queue_name=following["queue_name"], priority=following["priority"]
+                )
+                with enqueued_as(fields):
+                    task.enqueue(job.return_value, *following["args"], **following["kwargs"])
+            except DatabaseError:
+                raise  # the transaction is lost: whoever runs it tries it again
+            except Exception:
+                logger.exception("Job %s: cannot enqueue the next step of its chain", job.pk)
+                if job.batch_id is not None:
+                    cls.batch_model().grow(job.batch_id, -1, using=using)
 
     @classmethod
     def _enqueue_flowing[J: Job](cls: type[J], jobs: list[J], now: datetime, using: str) -> list[J]:  # type: ignore[misc]

@@ -97,6 +97,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     batch = models.ForeignKey(
         "dq.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
+    # A step of a chain (dq.chains): {"id", "step" (from 1), "steps", "next": the steps
+    # after it, each {"task", "args", "kwargs", "queue_name", "priority"}}.
+    chain = models.JSONField(null=True, blank=True)
     # The W3C trace context (traceparent, tracestate) of the span that enqueued the job, its
     # runs' parent (dq.tracing); NULL without OpenTelemetry or a recorded span.
     trace_context = models.JSONField(null=True, blank=True)
@@ -233,9 +236,18 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
         return cast("type[Batch]", cls._meta.get_field("batch").related_model)
 
     @classmethod
-    def count_ends(cls, jobs: "Iterable[Job]", *, using: str) -> None:
-        """Count the ends of those of ``jobs`` that belong to a batch, in the transaction
-        that ended them (``Batch.count_ends``)."""
+    def ended(cls, jobs: "Iterable[Job]", *, using: str) -> None:
+        """In the transaction that ended ``jobs`` (successful, failed or cancelled): each
+        successful chain step's next step is enqueued, then the batches count their ends
+        (``Batch.count_ends``)."""
+        jobs = list(jobs)
+        steps = [
+            job
+            for job in jobs
+            if job.chain and job.chain["next"] and job.status == cls.Status.SUCCESSFUL
+        ]
+        if steps:
+            cls.enqueue_next_steps(steps, using=using)
         in_batches = [job for job in jobs if job.batch_id is not None]
         if in_batches:
             cls.batch_model().count_ends(in_batches, using=using)

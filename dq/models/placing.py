@@ -51,7 +51,7 @@ class Placing:
             else:
                 job.status = cls.Status.BLOCKED
             changed.append(job)
-        cls.count_ends([job for job in changed if job.status == cls.Status.CANCELLED], using=using)
+        cls.ended([job for job in changed if job.status == cls.Status.CANCELLED], using=using)
         return changed
 
     @classmethod
@@ -122,7 +122,7 @@ class Placing:
             traceback=error["traceback"],
             failed_at=now,
         )
-        self.count_ends([self], using=using)
+        self.ended([self], using=using)
 
     @classmethod
     def in_key_order[J: Job](cls, jobs: Iterable[J]) -> list[J]:

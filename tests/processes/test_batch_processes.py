@@ -1,6 +1,6 @@
-"""Batches worked by real dq_work processes: concurrent completion of many batches under
-load, with two supervisors and workers SIGKILLed mid-batch; every callback enqueued once
-and every batch's counts its jobs'."""
+"""Batches and chains worked by real dq_work processes: concurrent completion of many
+batches under load, with two supervisors and workers SIGKILLed mid-batch; every callback
+and every chain's next step enqueued once, and every batch's counts its jobs'."""
 
 import os
 import signal
@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from dq.batches import batch
+from dq.chains import chain, step
 from dq.models import Batch, Job
 
 from ..conftest import wait_until
@@ -111,3 +112,32 @@ def test_a_batch_grown_by_its_running_jobs_ends_after_the_last_of_them(dq_work):
     last_end = max(batch_row.jobs.values_list("finished_at", flat=True))
     assert callback.enqueued_at >= last_end
     assert callback_jobs()[b.id] == {"batch_finished": 1}
+
+
+def test_chains_worked_by_two_supervisors_with_a_kill_enqueue_each_step_once(dq_work):
+    firsts = [chain(step(add, n, 1), step(add, 10), step(add, 100)) for n in range(300)]
+    options = fast(workers=[{"threads": 4}])
+    works = [dq_work(options=options), dq_work(options=options)]
+    supervisor, [worker], _ = started(works[0])
+    started(works[1])
+    wait_until(
+        lambda: Job.objects.filter(chain__step=2, status=Job.Status.SUCCESSFUL).exists(),
+        message="no second step ended",
+    )
+    os.kill(worker.pid, signal.SIGKILL)
+    wait_for_replacement(supervisor, worker)
+    wait_until(
+        lambda: Job.objects.filter(chain__step=3, status=Job.Status.SUCCESSFUL).count() == 300,
+        timeout=120,
+        message="the chains never all ended",
+    )
+    for work in works:
+        assert work.stop() == 0, work.output()
+    by_chain = {}
+    for job in Job.objects.filter(chain__isnull=False):
+        by_chain.setdefault(job.chain["id"], []).append(job)
+    assert len(by_chain) == 300
+    for n, first in enumerate(firsts):
+        jobs = sorted(by_chain[Job.objects.get(pk=first.id).chain["id"]], key=lambda j: j.pk)
+        assert [job.chain["step"] for job in jobs] == [1, 2, 3]
+        assert [job.return_value for job in jobs] == [n + 1, n + 11, n + 111]

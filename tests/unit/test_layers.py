@@ -24,7 +24,7 @@ LAYERS = [
     },
     {"dq.db"},
     {"dq.models"},
-    {"dq.stats", "dq.checks", "dq.results", "dq.tracing", "dq.batches"},
+    {"dq.stats", "dq.checks", "dq.results", "dq.tracing", "dq.batches", "dq.chains"},
     # Siblings: none of these imports another.
     {"dq.backend", "dq.admin", "dq.processes"},
     # Above the admin: its template tags say times as the admin pages do.
