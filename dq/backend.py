@@ -234,10 +234,14 @@ class DQBackend(BaseTaskBackend):
         jobs = self.new_jobs(task, calls)
         if not jobs:
             return []
-        for name, value in given_fields.get().items():  # a chain's step, say
+        given = given_fields.get()  # a chain's next step: its place, its batch, its trace
+        for name, value in given.items():
             for job in jobs:
                 setattr(job, name, value)
-        with tracing.enqueue_span(task.module_path, task.queue_name, len(jobs)) as context:
+        follows = given.get("trace_context")
+        with tracing.enqueue_span(
+            task.module_path, task.queue_name, len(jobs), follows=follows
+        ) as context:
             if context is not None:
                 for job in jobs:
                     job.trace_context = context  # one object: a bulk insert sends it once

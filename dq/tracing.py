@@ -37,17 +37,22 @@ TRACER = "dq"
 SYSTEM = "dq"
 
 
-def enqueue_span(task_path: str, queue_name: str, count: int) -> AbstractContextManager[Any]:
+def enqueue_span(
+    task_path: str, queue_name: str, count: int, *, follows: dict[str, str] | None = None
+) -> AbstractContextManager[Any]:
     """The span of an enqueue of ``count`` jobs of ``task_path``, current while it lasts;
     it gives the trace context (a dict) to store with the jobs, or None: no OpenTelemetry,
-    or no span recorded."""
+    or no span recorded. With no span current, it is part of the trace of ``follows`` (a
+    stored trace context: a chain's previous step's)."""
     if not INSTALLED:
         return contextlib.nullcontext(None)
-    return _enqueue_span(task_path, queue_name, count)
+    return _enqueue_span(task_path, queue_name, count, follows)
 
 
 @contextlib.contextmanager
-def _enqueue_span(task_path: str, queue_name: str, count: int) -> Iterator[dict[str, str] | None]:
+def _enqueue_span(
+    task_path: str, queue_name: str, count: int, follows: dict[str, str] | None
+) -> Iterator[dict[str, str] | None]:
     attributes: dict[str, str | int] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
@@ -56,8 +61,12 @@ def _enqueue_span(task_path: str, queue_name: str, count: int) -> Iterator[dict[
         "dq.task": task_path,
         "dq.queue": queue_name,
     }
+    current = trace.get_current_span().get_span_context().is_valid
     with trace.get_tracer(TRACER).start_as_current_span(
-        f"dq.enqueue {task_path}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        f"dq.enqueue {task_path}",
+        context=propagate.extract(follows) if follows and not current else None,
+        kind=trace.SpanKind.PRODUCER,
+        attributes=attributes,
     ):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

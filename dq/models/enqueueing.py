@@ -118,7 +118,8 @@ class Enqueueing:
             assert job.chain is not None
             following, *rest = job.chain["next"]
             fields: dict[str, Any] = {
-                "chain": {**job.chain, "step": job.chain["step"] + 1, "next": rest}
+                "chain": {**job.chain, "step": job.chain["step"] + 1, "next": rest},
+                "trace_context": job.trace_context,  # the chain is one trace
             }
             if job.batch_id is not None:
                 cls.batch_model().grow(job.batch_id, 1, using=using)

@@ -173,3 +173,21 @@ def test_without_opentelemetry_set_up_nothing_is_traced_nor_stored(opentelemetry
     imported_none, job_id = done.stdout.split()
     assert imported_none == ("True" if opentelemetry == "absent" else "False")
     assert Job.objects.get(pk=job_id).trace_context is None
+
+
+def test_a_chains_later_steps_are_enqueued_in_the_trace_of_its_first(spans, worker):
+    from dq.chains import chain, step
+
+    spans.clear()
+    with trace.get_tracer("tests").start_as_current_span("request") as request:
+        first = chain(step(add, 1, 1), step(add, 10), step(add, 100))
+    worker.work_off()
+    trace_id = request.get_span_context().trace_id
+    chain_id = Job.objects.get(pk=first.id).chain["id"]
+    steps = Job.objects.filter(chain__id=chain_id)
+    assert steps.count() == 3
+    for job in steps:
+        assert job.trace_context["traceparent"].split("-")[1] == f"{trace_id:032x}"
+    enqueues = [span for span in spans.get_finished_spans() if span.name.startswith("dq.enqueue")]
+    assert len(enqueues) == 3
+    assert {span.context.trace_id for span in enqueues} == {trace_id}
