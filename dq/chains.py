@@ -8,9 +8,9 @@
 
 enqueues ``fetch(url)``; when it succeeds, ``parse(<fetch's return value>)`` is enqueued
 in the transaction that records fetch's end (exactly once, however workers die), and so
-on. A step that fails for good, or is cancelled, stops the chain: the steps after it are
-never enqueued, and its job says which (``Job.chain["next"]``, on its admin page). A
-retried step that then succeeds takes the chain on. A chain begun inside a batch block is
+on. A step that fails for good, or is cancelled, stops the chain: each step after it is
+recorded as a cancelled job naming the step that stopped it (``Job.chain["stopped_by"]``).
+A retry of the stopped step takes those away, and if it succeeds the chain goes on. A chain begun inside a batch block is
 part of the batch, every step of it: the batch ends with its last step.
 """
 

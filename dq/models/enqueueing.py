@@ -138,6 +138,45 @@ class Enqueueing:
                     cls.batch_model().grow(job.batch_id, -1, using=using)
 
     @classmethod
+    def stop_chains[J: Job](cls: type[J], jobs: list[J], *, using: str) -> None:  # type: ignore[misc]
+        """In the transaction that ended chain steps ``jobs`` as failed or cancelled: the
+        steps after each are never enqueued; each is recorded as a cancelled job that says
+        which job stopped it (``chain["stopped_by"]``), listed in the stopping job's chain
+        (``chain["not_run"]``) so that a retry of it can take them away again."""
+        now = timezone.now()
+        for job in jobs:
+            assert job.chain is not None
+            not_run = []
+            for number, following in enumerate(job.chain["next"], start=job.chain["step"] + 1):
+                placeholder = cls(
+                    task_path=following["task"],
+                    queue_name=following["queue_name"],
+                    priority=following["priority"],
+                    args=following["args"],
+                    kwargs=following["kwargs"],
+                    backend=job.backend,
+                    status=cls.Status.CANCELLED,
+                    enqueued_at=now,
+                    finished_at=now,
+                    chain={**job.chain, "step": number, "next": [], "stopped_by": job.pk},
+                    trace_context=job.trace_context,
+                )
+                placeholder.save(using=using, force_insert=True)
+                not_run.append(placeholder.pk)
+            job.chain = {**job.chain, "not_run": not_run}
+            cls.objects.using(using).filter(pk=job.pk).update(chain=job.chain)
+
+    @classmethod
+    def resume_chains[J: Job](cls: type[J], jobs: list[J], *, using: str) -> None:  # type: ignore[misc]
+        """Stopped chain steps ``jobs`` were retried: the steps they stopped are pending
+        again, to be enqueued if they succeed (their cancelled records go)."""
+        for job in jobs:
+            if job.chain and job.chain.get("not_run"):
+                cls.objects.using(using).filter(pk__in=job.chain["not_run"]).delete()
+                job.chain = {key: value for key, value in job.chain.items() if key != "not_run"}
+                cls.objects.using(using).filter(pk=job.pk).update(chain=job.chain)
+
+    @classmethod
     def _enqueue_flowing[J: Job](cls: type[J], jobs: list[J], now: datetime, using: str) -> list[J]:  # type: ignore[misc]
         """Insert jobs with a concurrency key or a unique key, in one transaction."""
         with database(using).atomic(savepoint=False):

@@ -50,6 +50,8 @@ class FailedExecution(Execution):
 
     @classmethod
     def left(cls, jobs: list[Job], *, using: str) -> None:
-        """Retried: their batches are pending again (``Batch.count_retries``)."""
+        """Retried: their batches are pending again (``Batch.count_retries``), and so are
+        the steps of the chains they stopped."""
         if any(job.batch_id for job in jobs):
             Batch.count_retries(jobs, using=using)
+        Job.resume_chains(jobs, using=using)

@@ -98,7 +98,9 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
         "dq.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
     # A step of a chain (dq.chains): {"id", "step" (from 1), "steps", "next": the steps
-    # after it, each {"task", "args", "kwargs", "queue_name", "priority"}}.
+    # after it, each {"task", "args", "kwargs", "queue_name", "priority"}}; a step that
+    # stopped the chain lists the ids of the cancelled jobs of the steps not run
+    # ("not_run"), each of which names it ("stopped_by").
     chain = models.JSONField(null=True, blank=True)
     # The W3C trace context (traceparent, tracestate) of the span that enqueued the job, its
     # runs' parent (dq.tracing); NULL without OpenTelemetry or a recorded span.
@@ -238,16 +240,14 @@ class Job(Enqueueing, Placing, Clearing, models.Model):
     @classmethod
     def ended(cls, jobs: "Iterable[Job]", *, using: str) -> None:
         """In the transaction that ended ``jobs`` (successful, failed or cancelled): each
-        successful chain step's next step is enqueued, then the batches count their ends
-        (``Batch.count_ends``)."""
+        successful chain step's next step is enqueued, a failed or cancelled one's stop
+        recorded, then the batches count their ends (``Batch.count_ends``)."""
         jobs = list(jobs)
-        steps = [
-            job
-            for job in jobs
-            if job.chain and job.chain["next"] and job.status == cls.Status.SUCCESSFUL
-        ]
+        steps = [job for job in jobs if job.chain and job.chain["next"]]
         if steps:
-            cls.enqueue_next_steps(steps, using=using)
+            succeeded = [job for job in steps if job.status == cls.Status.SUCCESSFUL]
+            cls.enqueue_next_steps(succeeded, using=using)
+            cls.stop_chains([job for job in steps if job not in succeeded], using=using)
         in_batches = [job for job in jobs if job.batch_id is not None]
         if in_batches:
             cls.batch_model().count_ends(in_batches, using=using)

@@ -150,4 +150,5 @@ CONCURRENCY_FIELDS = (
     "unique_key",
     "finished_at",
     "batch_id",
+    "chain",
 )

@@ -34,25 +34,45 @@ def test_each_step_is_enqueued_once_with_the_previous_return_value_first(worker)
     assert Job.objects.count() == 3
 
 
-def test_a_failure_stops_the_chain_and_its_job_names_the_steps_not_run(worker):
-    first = chain(step(add, 1, 1), step(fails_with), step(add, 100))
+def test_a_failure_stops_the_chain_and_every_later_step_says_so(worker):
+    first = chain(step(add, 1, 1), step(fails_with), step(add, 100), step(add, 1000))
     worker.work_off()
     jobs = steps_of(first)
-    assert [job.status for job in jobs] == [Job.Status.SUCCESSFUL, Job.Status.FAILED]
-    assert [following["task"] for following in jobs[1].chain["next"]] == ["tests.tasks.add"]
+    assert [job.status for job in jobs] == [
+        Job.Status.SUCCESSFUL,
+        Job.Status.FAILED,
+        Job.Status.CANCELLED,
+        Job.Status.CANCELLED,
+    ]
+    failed, later = jobs[1], jobs[2:]
+    assert failed.chain["not_run"] == [job.pk for job in later]
+    assert [(job.chain["stopped_by"], job.args, job.started_at) for job in later] == [
+        (failed.pk, [100], None),
+        (failed.pk, [1000], None),
+    ]
+
+
+def test_a_cancelled_step_stops_the_chain_too(worker):
+    first = chain(step(add, 1, 1), step(add, 10))
+    Job.cancel(int(first.id), using="default")
+    jobs = steps_of(first)
+    assert [job.status for job in jobs] == [Job.Status.CANCELLED, Job.Status.CANCELLED]
+    assert jobs[1].chain["stopped_by"] == jobs[0].pk
 
 
 def test_a_retried_step_that_succeeds_takes_the_chain_on(worker):
     # flaky fails its three attempts; retried, its fourth succeeds and returns 4.
     first = chain(step(flaky, "retried", 3), step(add, 5))
     worker.work_off()
-    [stopped] = steps_of(first)
-    assert stopped.status == Job.Status.FAILED
+    stopped, not_run = steps_of(first)
+    assert (stopped.status, not_run.status) == (Job.Status.FAILED, Job.Status.CANCELLED)
     assert FailedExecution.retry(stopped.pk, using="default")
+    assert not Job.objects.filter(pk=not_run.pk).exists()  # pending again
     worker.work_off()
     jobs = steps_of(first)
     assert [job.status for job in jobs] == [Job.Status.SUCCESSFUL, Job.Status.SUCCESSFUL]
     assert jobs[1].args == [4, 5] and jobs[1].return_value == 9
+    assert "not_run" not in jobs[0].chain
 
 
 def test_a_chain_in_a_batch_is_part_of_it_to_its_last_step(worker):
