@@ -376,8 +376,9 @@ def header(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="./dev bench",
-        description="dq's benchmark: enqueue, drain, pickup latency, a large history and the "
-        "database's own ceiling, on scratch databases. Method: docs/benchmarks.md.",
+        description="dq's benchmark: enqueue, drain, the cost of metrics, pickup latency, a large "
+        "history and the database's own ceiling, on scratch databases. Method: "
+        "docs/benchmarks.md.",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: about 2 minutes")
     parser.add_argument(
