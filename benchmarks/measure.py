@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,6 +71,9 @@ class Sizes:
     claim_calls: int
     ceiling_seconds: float
     ceiling_connections: int
+    # The metrics' cost: how many times the drain of the defaults is measured without
+    # metrics, then with them (--metrics-port, scraped).
+    metrics_pairs: int
 
 
 # The polling intervals compared where idle workers poll, the variable that sets one for
@@ -77,6 +81,12 @@ class Sizes:
 POLLING_INTERVALS = (0.05, 0.1, 0.25, 0.5)
 POLLING = "DQ_BENCH_POLLING_INTERVAL"
 IDLE_SECONDS = 5.0
+
+# Prometheus metrics: seconds between the scrapes of a dq_work with --metrics-port during a
+# drain (a Prometheus server's scrape_interval is 15 to 60 s: 1 s is many times that), and
+# how long a scrape may take.
+SCRAPE_INTERVAL = 1.0
+SCRAPE_TIMEOUT = 5.0
 
 # dq's admin pages timed with a large history: (key, what it is, path; {job} a job's id),
 # each requested ADMIN_WARMUPS times, then ADMIN_REQUESTS times timed; the project's
@@ -116,6 +126,7 @@ FULL = Sizes(
     claim_calls=100,
     ceiling_seconds=2.0,
     ceiling_connections=8,
+    metrics_pairs=3,
 )
 QUICK = Sizes(
     single_enqueues=300,
@@ -130,6 +141,7 @@ QUICK = Sizes(
     claim_calls=50,
     ceiling_seconds=1.0,
     ceiling_connections=8,
+    metrics_pairs=1,
 )
 
 
@@ -274,9 +286,10 @@ class DQWork:
         self.log.close()
         return children_cpu() - self.cpu_before
 
-    def drain(self, *, pending, jobs):
-        """Wait while ``pending()``; then its memory and the database server's CPU seconds
-        for its sessions (on PostgreSQL and MariaDB) so far, while it still runs."""
+    def drain(self, *, pending, jobs, during=None):
+        """Wait while ``pending()`` (calling ``during()`` at each check, if given); then
+        its memory and the database server's CPU seconds for its sessions (on PostgreSQL and
+        MariaDB) so far, while it still runs."""
         deadline = time.monotonic() + 120 + jobs / 10
         served = set()  # MariaDB's threads of its sessions, closed ones too
         while pending():
@@ -285,6 +298,8 @@ class DQWork:
                 raise RuntimeError(f"{jobs:,} jobs were not done in time; see {self.log_path}")
             if self.database_before:
                 served |= session_ids()
+            if during is not None:
+                during()
             time.sleep(POLL_INTERVAL)
         return {
             "memory": self.memory(),
@@ -313,6 +328,61 @@ class DQWork:
                 {"pid": pid, "rss_mib": status["VmRSS"], "peak_rss_mib": status["VmHWM"]}
             )
         return memory
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on: the one the system gives a socket
+    bound to port 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Scraper:
+    """A Prometheus server's part: ``GET http://127.0.0.1:PORT/metrics`` of a dq_work with
+    ``--metrics-port PORT`` every SCRAPE_INTERVAL s, the first as soon as it listens (until
+    then, at each of the driver's checks), each scrape timed."""
+
+    def __init__(self, port):
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.due = time.monotonic()
+        self.times_ms = []
+        self.failures = 0  # scrapes that failed once one had been answered
+        self.text = ""  # the last answer
+
+    def scrape_if_due(self):
+        if time.monotonic() >= self.due:
+            self.scrape()
+
+    def scrape(self):
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(self.url, timeout=SCRAPE_TIMEOUT) as response:
+                self.text = response.read().decode()
+        except OSError:  # urllib's URLError included: not listening yet, or a failure
+            self.failures += bool(self.times_ms)
+            return
+        self.times_ms.append(1000 * (time.monotonic() - began))
+        self.due = began + SCRAPE_INTERVAL
+
+    def jobs_counted(self):
+        """The successful runs the last answer counted (dq_jobs_finished_total)."""
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in self.text.splitlines()
+            if line.startswith("dq_jobs_finished_total{") and 'status="successful"' in line
+        )
+
+    def figures(self):
+        return {
+            "url": self.url,
+            "interval_s": SCRAPE_INTERVAL,
+            "scrapes": len(self.times_ms),
+            "failures": self.failures,
+            "ms_median": statistics.median(self.times_ms) if self.times_ms else None,
+            "ms_max": max(self.times_ms, default=None),
+            "times_ms": self.times_ms,
+        }
 
 
 def children_cpu():
@@ -482,13 +552,26 @@ def measure_enqueue(sizes):
     }
 
 
-def measure_drain(size, label, args):
+def measure_drain(size, label, args, *, scraped=False):
+    """A backlog of ``size`` no-op jobs worked off by ``dq_work ARGS``; with ``scraped``,
+    dq_work serves metrics on a free port (``--metrics-port``), scraped every
+    SCRAPE_INTERVAL s while it drains and once more when it is done (before it is stopped:
+    the last answer's count of successful runs is kept)."""
     flush()
     enqueue_backlog(size)
     vacuum()
-    work = DQWork(args, f"drain-{size}-{label}")
+    scraper = None
+    if scraped:
+        port = free_port()
+        scraper = Scraper(port)
+        args = (*args, "--metrics-port", str(port))
+    work = DQWork(args, f"drain-{size}-{label}{'-metrics' if scraped else ''}")
     try:
-        seen = work.drain(pending=unfinished, jobs=size)
+        seen = work.drain(
+            pending=unfinished, jobs=size, during=scraper.scrape_if_due if scraper else None
+        )
+        if scraper:
+            scraper.scrape()
     finally:
         cpu = work.stop()
     done = Job.objects.filter(status=Job.Status.SUCCESSFUL).count()
@@ -504,11 +587,54 @@ def measure_drain(size, label, args):
         "database_errors": work.database_errors(),
         "memory": seen["memory"],
     }
+    scrapes = ""
+    if scraper:
+        result["metrics"] = {**scraper.figures(), "jobs_counted": scraper.jobs_counted()}
+        scrapes = f", metrics on ({len(scraper.times_ms)} scrapes)"
     say(
-        f"drain {size:,} ({label}): {result['jobs_per_s']:,.0f} jobs/s from start, "
-        f"{result['steady_jobs_per_s']:,.0f} steady{errors_logged(work)}"
+        f"drain {size:,} ({label}{scrapes}): {result['jobs_per_s']:,.0f} jobs/s from start, "
+        f"{result['steady_jobs_per_s']:,.0f} steady, "
+        f"{result['dq_work_cpu_ms_per_job']:.2f} CPU ms a job{errors_logged(work)}"
     )
     return result
+
+
+def measure_metrics(sizes):
+    """What dq_work's Prometheus metrics cost: the drain of the defaults' smallest backlog
+    (the "5,000 jobs, defaults" one) without metrics, then with them (``--metrics-port``,
+    scraped), ``metrics_pairs`` times alternately so that the machine's drift falls on
+    both. For each figure: the median of each mode, the difference of "on" from "off" and
+    the spread of each mode's runs (max - min), both in % of "off"'s or the mode's median."""
+    size = min(size for size, label, _ in sizes.drains if label == DEFAULTS)
+    runs = {"off": [], "on": []}
+    for _ in range(sizes.metrics_pairs):
+        runs["off"].append(measure_drain(size, DEFAULTS, ()))
+        runs["on"].append(measure_drain(size, DEFAULTS, (), scraped=True))
+    summary = {}
+    for key in ("jobs_per_s", "steady_jobs_per_s", "dq_work_cpu_ms_per_job"):
+        values = {mode: [run[key] for run in runs[mode]] for mode in runs}
+        medians = {mode: statistics.median(values[mode]) for mode in runs}
+        summary[key] = {
+            **medians,
+            "difference_percent": 100 * (medians["on"] / medians["off"] - 1),
+            "spread_percent": {
+                mode: 100 * (max(values[mode]) - min(values[mode])) / medians[mode] for mode in runs
+            },
+        }
+    steady = summary["steady_jobs_per_s"]
+    say(
+        f"metrics: {steady['off']:,.0f} jobs/s steady off, {steady['on']:,.0f} on "
+        f"({steady['difference_percent']:+.1f}%; spread {steady['spread_percent']['off']:.1f}% "
+        f"off, {steady['spread_percent']['on']:.1f}% on)"
+    )
+    return {
+        "jobs": size,
+        "setting": DEFAULTS,
+        "pairs": sizes.metrics_pairs,
+        "scrape_interval_s": SCRAPE_INTERVAL,
+        **summary,
+        "runs": runs,
+    }
 
 
 def errors_logged(work):
@@ -954,6 +1080,7 @@ def main(argv=None):
     results["ceiling"] = measure_ceiling(sizes)
     results["enqueue"] = measure_enqueue(sizes)
     results["drain"] = [measure_drain(size, label, args) for size, label, args in sizes.drains]
+    results["metrics"] = measure_metrics(sizes)
     results["latency"] = measure_latency(sizes.latency_jobs)
     results["polling"] = measure_polling(sizes)
     results["scale"], results["admin_pages"] = measure_scale(sizes)

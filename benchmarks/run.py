@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,49 @@ def table(results):
 
         row(f"  {size:,} jobs, {label}", cpu)
 
+    metered = [name for name in names if runs[name].get("metrics")]
+    if metered:  # runs before the metrics' cost was measured have none
+        first = runs[metered[0]]["metrics"]
+        section(
+            f"Prometheus metrics, the {first['jobs']:,}-job drain with the defaults: off / on "
+            f"(--metrics-port, scraped every {first['scrape_interval_s']:g} s), medians of "
+            f"{first['pairs']} alternated run{'s' if first['pairs'] > 1 else ''} each"
+        )
+
+        def cost(key, fmt):
+            def cell(run):
+                if not run.get("metrics"):
+                    return "-"
+                figure = run["metrics"][key]
+                # One run of each (--quick) has no spread.
+                spread = ", ".join(
+                    f"{figure['spread_percent'][mode]:.0f}%" if run["metrics"]["pairs"] > 1 else "-"
+                    for mode in ("off", "on")
+                )
+                return (
+                    f"{fmt(figure['off'])} / {fmt(figure['on'])} "
+                    f"({figure['difference_percent']:+.1f}%; {spread})"
+                )
+
+            return cell
+
+        label = "(difference; spread of off, of on)"
+        row(f"  steady jobs/s {label}", cost("steady_jobs_per_s", number))
+        row(f"  from start jobs/s {label}", cost("jobs_per_s", number))
+        row(f"  dq_work CPU ms per job {label}", cost("dq_work_cpu_ms_per_job", "{:.2f}".format))
+
+        def scrapes(run):
+            if not run.get("metrics"):
+                return "-"
+            scraped = [drain["metrics"] for drain in run["metrics"]["runs"]["on"]]
+            took = sorted(each for scrape in scraped for each in scrape["times_ms"])
+            count = f"{sum(scrape['scrapes'] for scrape in scraped) / len(scraped):.1f}"
+            if not took:
+                return count
+            return f"{count}; {ms(statistics.median(took))} / {ms(took[-1])}"
+
+        row("  scrapes per drain (mean); a scrape's ms, median / max", scrapes)
+
     section(f"Pickup latency, idle dq_work, {sizes['latency_jobs']} jobs, ms")
     row(
         "  p50 / p95 / p99",
@@ -332,8 +376,9 @@ def header(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="./dev bench",
-        description="dq's benchmark: enqueue, drain, pickup latency, a large history and the "
-        "database's own ceiling, on scratch databases. Method: docs/benchmarks.md.",
+        description="dq's benchmark: enqueue, drain, the cost of metrics, pickup latency, a large "
+        "history and the database's own ceiling, on scratch databases. Method: "
+        "docs/benchmarks.md.",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: about 2 minutes")
     parser.add_argument(
