@@ -1,5 +1,6 @@
 """dq in the Django admin: every job's state, failures retried or discarded, queues paused
-and resumed, processes and their heartbeats. Nobody adds or edits jobs by hand."""
+and resumed, batches and their progress, processes and their heartbeats. Nobody adds or
+edits jobs by hand."""
 
 from types import MethodType
 from typing import Any
@@ -7,9 +8,9 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from . import executions, jobs, processes, queues, recurring
+from . import batches, executions, jobs, processes, queues, recurring
 
-__all__ = ["executions", "jobs", "processes", "queues", "recurring"]
+__all__ = ["batches", "executions", "jobs", "processes", "queues", "recurring"]
 
 # dq's pages in the order staff use them (the admin sorts models by name): the overview
 # first, then the jobs and what needs a person, then the rest.
@@ -20,6 +21,7 @@ PAGE_ORDER = [
     "ClaimedExecution",
     "ScheduledExecution",
     "BlockedExecution",
+    "Batch",
     "RecurringTask",
     "Process",
 ]

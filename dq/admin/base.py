@@ -222,19 +222,20 @@ class JobActionsMixin[ModelT: Model](_MixedInto[ModelT]):
         location=[ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
     )
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[ModelT]) -> None:
-        failed = FailedExecution.objects.using(self.db).filter(
-            job_id__in=self.jobs_of(queryset).values("pk")
-        )
-        retried = 0
-        for jobs in FailedExecution.retry_batches(failed, batch_size=BATCH_SIZE, using=self.db):
-            self.log_jobs(request, jobs, CHANGE, "Retried: back to ready.")
-            retried += len(jobs)
-        if retried:
-            self.message_user(
-                request, f"Retried {jobs_count(retried)}: ready to run again.", messages.SUCCESS
-            )
+        if retried := self.retry_failed(request, self.jobs_of(queryset)):
+            self.message_user(request, retried_message(retried), messages.SUCCESS)
         else:
             self.message_user(request, "No failed job selected: nothing retried.", messages.WARNING)
+
+    def retry_failed(self, request: HttpRequest, jobs: QuerySet[Job]) -> int:
+        """Retry the failed ones of ``jobs`` (re-opening their batches), logging each;
+        returns how many."""
+        failed = FailedExecution.objects.using(self.db).filter(job_id__in=jobs.values("pk"))
+        retried = 0
+        for ready in FailedExecution.retry_batches(failed, batch_size=BATCH_SIZE, using=self.db):
+            self.log_jobs(request, ready, CHANGE, "Retried: back to ready.")
+            retried += len(ready)
+        return retried
 
     @admin.action(
         description="Discard the selected jobs",
@@ -405,3 +406,7 @@ class JobActionsMixin[ModelT: Model](_MixedInto[ModelT]):
 
 def jobs_count(count: int) -> str:
     return f"{count} job" if count == 1 else f"{count} jobs"
+
+
+def retried_message(count: int) -> str:
+    return f"Retried {jobs_count(count)}: ready to run again."

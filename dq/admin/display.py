@@ -13,7 +13,10 @@ from django.utils.safestring import SafeString, mark_safe
 from ..stats import STATE_BY_STATUS
 
 if TYPE_CHECKING:
-    from ..models import BlockedExecution
+    from ..models import Batch, BlockedExecution
+
+# A batch's counts of ended jobs, each a segment of its progress bar.
+PROGRESS_SEGMENTS = ("succeeded", "failed", "cancelled")
 
 
 def state_badge(status: str) -> SafeString:
@@ -50,6 +53,36 @@ def job_link(job_id: int, text: str | None = None) -> SafeString:
         '<a href="{}">{}</a>',
         reverse("admin:dq_job_change", args=[job_id]),
         text if text is not None else f"#{job_id}",
+    )
+
+
+def batch_link(batch: "Batch") -> SafeString:
+    return format_html(
+        '<a href="{}">{}</a>', reverse("admin:dq_batch_change", args=[batch.pk]), str(batch)
+    )
+
+
+def batch_progress(batch: "Batch") -> SafeString:
+    """A bar of the batch's jobs: a segment each for those succeeded, failed and cancelled,
+    in proportion to its total (the rest is pending); the counts beside it and in its title."""
+    counts: dict[str, int] = {name: getattr(batch, name) for name in PROGRESS_SEGMENTS}
+    ended = sum(counts.values())
+    segments = format_html_join(
+        "",
+        '<span class="dq-progress-{}" style="width: {}%"></span>',
+        ((name, f"{100 * count / batch.total:.2f}") for name, count in counts.items() if count),
+    )
+    title = ", ".join(f"{count} {name}" for name, count in counts.items())
+    return format_html(
+        '<span class="dq-progress" title="{}, {} pending, of {}">'
+        '<span class="dq-progress-bar">{}</span>'
+        '<span class="dq-progress-text">{} of {} ended</span></span>',
+        title,
+        batch.pending,
+        batch.total,
+        segments,
+        ended,
+        batch.total,
     )
 
 

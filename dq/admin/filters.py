@@ -9,7 +9,8 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from ..stats import STATE_BY_NAME, STATES, known_queues, recent_tasks, shown_config
+from ..models import Batch, Job
+from ..stats import RECENT_JOBS, STATE_BY_NAME, STATES, known_queues, recent_tasks, shown_config
 
 if TYPE_CHECKING:
     from .base import DQModelAdmin
@@ -81,21 +82,63 @@ class JobTaskFilter(TaskFilter):
     lookup = "job__task_path"
 
 
-class RetriedFilter(admin.SimpleListFilter):
-    title = "retried"
-    parameter_name = "retried"
+class YesNoFilter(admin.SimpleListFilter):
+    """Yes: the rows matching ``yes``; no: those matching ``no``."""
+
+    yes_label = "Yes"
+    no_label = "No"
+    yes = Q()
+    no = Q()
 
     def lookups(
         self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
     ) -> list[tuple[str, str]]:
-        return [("yes", "Yes: more than one attempt"), ("no", "No")]
+        return [("yes", self.yes_label), ("no", self.no_label)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() == "yes":
-            return queryset.filter(attempt_count__gt=1)
-        if self.value() == "no":
-            return queryset.filter(attempt_count__lte=1)
-        return queryset
+        condition = {"yes": self.yes, "no": self.no}.get(self.value() or "")
+        return queryset.filter(condition) if condition is not None else queryset
+
+
+class RetriedFilter(YesNoFilter):
+    title = "retried"
+    parameter_name = "retried"
+    yes_label = "Yes: more than one attempt"
+    yes = Q(attempt_count__gt=1)
+    no = Q(attempt_count__lte=1)
+
+
+class BatchFilter(admin.SimpleListFilter):
+    """Batches of the latest jobs; any batch id works in the URL (``?batch=...``), as the
+    links of a batch's page have it."""
+
+    title = "batch"
+    parameter_name = "batch"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: "admin.ModelAdmin[Any]"
+    ) -> list[tuple[str, str]]:
+        using = cast("DQModelAdmin[Any]", model_admin).db  # dq's filters are only on dq's admins
+        latest = Job.objects.using(using).order_by("-pk").values_list("batch_id", flat=True)
+        ids = {batch_id for batch_id in latest[:RECENT_JOBS] if batch_id is not None}
+        if value := self.value():
+            ids.add(value)
+        named = {batch.pk: str(batch) for batch in Batch.objects.using(using).filter(pk__in=ids)}
+        return sorted(((pk, named.get(pk, f"batch {pk}")) for pk in ids), key=lambda c: c[1])
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(batch_id=self.value()) if self.value() else queryset
+
+
+class FinishedFilter(YesNoFilter):
+    """Batches whose jobs have all ended, or not (dq_batch_finished_at)."""
+
+    title = "finished"
+    parameter_name = "finished"
+    yes_label = "Yes: every job ended"
+    no_label = "No: jobs pending"
+    yes = Q(finished_at__isnull=False)
+    no = Q(finished_at__isnull=True)
 
 
 class HeartbeatFilter(admin.SimpleListFilter):

@@ -1,5 +1,5 @@
-"""Jobs: the list (filter by state, queue, task, retried; newest first) and a job's page
-with its arguments, state, times, workers and attempt history."""
+"""Jobs: the list (filter by state, queue, task, retried, batch; newest first) and a job's
+page with its arguments, batch, state, times, workers and attempt history."""
 
 from typing import TYPE_CHECKING, cast
 
@@ -26,6 +26,8 @@ from .display import (
     age,
     alive_badge,
     arguments_preview,
+    batch_link,
+    batch_progress,
     breakable,
     duration,
     moment,
@@ -35,7 +37,7 @@ from .display import (
     state_badge,
     waiting_for,
 )
-from .filters import QueueFilter, RetriedFilter, StateFilter, TaskFilter
+from .filters import BatchFilter, QueueFilter, RetriedFilter, StateFilter, TaskFilter
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -77,7 +79,7 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
         "finished",
         "ran_for",
     ]
-    list_filter = [StateFilter, QueueFilter, TaskFilter, RetriedFilter]
+    list_filter = [StateFilter, QueueFilter, TaskFilter, RetriedFilter, BatchFilter]
     search_fields = ["=id", "task_path"]
     search_help_text = "A job id, or part of a task path."
     ordering = ["-id"]
@@ -99,6 +101,7 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
         "failure",
         "attempts_made",
         "result",
+        "in_batch",
     ]
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[JobChangeList]:
@@ -128,19 +131,17 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
             state.append("blocked_on")
         if obj is not None and obj.status == Job.Status.FAILED:
             state.append("failure")
+        task: list[str | _ListOrTuple[str]] = [
+            "task_path",
+            ("queue_name", "priority"),
+            "positional_arguments",
+            "keyword_arguments",
+            ("backend", "delivery"),
+        ]
+        if obj is not None and obj.batch_id is not None:
+            task.append("in_batch")
         return [
-            (
-                "Task",
-                {
-                    "fields": [
-                        "task_path",
-                        ("queue_name", "priority"),
-                        "positional_arguments",
-                        "keyword_arguments",
-                        ("backend", "delivery"),
-                    ]
-                },
-            ),
+            ("Task", {"fields": task}),
             ("State", {"fields": state}),
             (
                 "Times",
@@ -226,6 +227,13 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
     @admin.display(description="result")
     def result(self, job: Job) -> SafeString | str:
         return pretty_json(job.return_value) if job.status == Job.Status.SUCCESSFUL else "-"
+
+    @admin.display(description="batch")
+    def in_batch(self, job: Job) -> SafeString | str:
+        batch = job.batch
+        if batch is None:
+            return "-"
+        return format_html("{} {}", batch_link(batch), batch_progress(batch))
 
     @admin.display(description="attempts")
     def attempts_made(self, job: Job) -> str:

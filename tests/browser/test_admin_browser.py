@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from dq.models import Job, Pause, Process, ReadyExecution, RecurringTask
+from dq.batches import batch
+from dq.models import Batch, Job, Pause, Process, ReadyExecution, RecurringTask
 
 from ..conftest import ROOT, InProcessWorker, wait_until
 from ..tasks import (
     add,
+    batch_failed,
+    batch_finished,
+    batch_succeeded,
     block,
     boom,
     charge_card,
@@ -216,12 +220,67 @@ def test_retry_and_discard_from_a_row_of_the_failed_list(page, worker):
     assert Job.objects.get(pk=int(retried.id)).status == Job.Status.READY
 
 
+def test_a_batchs_progress_bar_follows_its_jobs_and_retry_reopens_it(page, worker):
+    """The batches list's bars refresh by themselves as the batch's jobs end, each segment
+    as wide as its share of the jobs; a batch's page retries its failed jobs."""
+    from playwright.sync_api import expect
+
+    with batch(
+        on_finish=batch_finished, on_failure=batch_failed, description="nightly import"
+    ) as b:
+        add.enqueue(1, 1)
+        add.enqueue(2, 2)
+        boom.enqueue()
+        waiting = add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(3, 3)
+    page.goto("/admin/dq/batch/")
+    row = page.locator(f"#result_list tbody tr:has(input.action-select[value='{b.id}'])")
+    expect(row.locator(".dq-progress-text")).to_have_text("0 of 4 ended")
+    expect(row.locator(".field-finished")).to_have_text("running")
+    live_every_2_seconds(page)
+    worker.work_off(limit=3)
+    expect(row.locator(".dq-progress-text")).to_have_text("3 of 4 ended")
+    assert page.evaluate("window.dqSamePage") is True
+
+    Job.cancel(int(waiting.id), using="default")  # the last job ends: the batch finishes
+    page.reload()
+    expect(row.locator(".dq-progress-text")).to_have_text("4 of 4 ended")
+    shares = row.locator(".dq-progress-bar").evaluate(
+        """(bar) => Object.fromEntries([...bar.children].map((segment) => [
+            segment.className.replace("dq-progress-", ""),
+            segment.getBoundingClientRect().width / bar.clientWidth,
+        ]))"""
+    )
+    assert shares == pytest.approx({"succeeded": 0.5, "failed": 0.25, "cancelled": 0.25}, abs=0.01)
+    assert row.locator(".dq-progress").get_attribute("title") == (
+        "2 succeeded, 1 failed, 1 cancelled, 0 pending, of 4"
+    )
+    expect(row.locator(".field-finished")).not_to_have_text("running")
+    expect(row.locator(".field-callbacks_and_jobs")).to_contain_text("failure #")
+
+    row.get_by_role("link", name="nightly import").click()
+    expect(page.locator(".field-jobs")).to_contain_text("4 jobs")
+    page.get_by_role("button", name="Retry failed jobs").click()
+    expect(page.locator(".messagelist")).to_contain_text(
+        "Retried 1 job: ready to run again. Re-opened 1 finished batch."
+    )
+    expect(page.locator(".fieldBox.field-pending_jobs .readonly")).to_have_text("1")
+    expect(page.locator(".fieldBox.field-finished .readonly")).to_have_text("running")
+    expect(page.get_by_role("button", name="Retry failed jobs")).to_have_count(0)
+    reopened = Batch.objects.get(pk=b.id)
+    assert (reopened.finished_at, reopened.failed, reopened.pending) == (None, 0, 1)
+
+    page.get_by_role("link", name="4 jobs").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(4)
+    expect(page.locator("#changelist-filter")).to_contain_text("Batch: nightly import")
+
+
 LISTS = [
     "job",
     "failedexecution",
     "claimedexecution",
     "scheduledexecution",
     "blockedexecution",
+    "batch",
     "process",
     "recurringtask",
 ]
@@ -234,6 +293,11 @@ def a_row_in_every_list(worker):
         charge_card.using(queue_name=long_queue, priority=10).enqueue(
             4711 + i, amount={"value": "129.90", "currency": "EUR"}
         )
+    callbacks = {"on_finish": batch_finished, "on_success": batch_succeeded}
+    with batch(**callbacks, on_failure=batch_failed, description="monthly invoices for customers"):
+        for i in range(3):
+            charge_card.enqueue(4800 + i, amount={"value": "12.00", "currency": "EUR"})
+        boom.enqueue()
     worker.work_off()
     add.using(run_after=timezone.now() + timedelta(minutes=30)).enqueue(7, 7)
     add.using(queue_name=long_queue).enqueue(1, 2)

@@ -919,6 +919,7 @@ def test_dq_pages_are_listed_in_the_order_staff_use_them(admin_client):
         "Claimed executions",
         "Scheduled executions",
         "Blocked executions",
+        "Batches",
         "Recurring tasks",
         "Processes",
     ]
