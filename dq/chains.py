@@ -10,8 +10,9 @@ enqueues ``fetch(url)``; when it succeeds, ``parse(<fetch's return value>)`` is 
 in the transaction that records fetch's end (exactly once, however workers die), and so
 on. A step that fails for good, or is cancelled, stops the chain: each step after it is
 recorded as a cancelled job naming the step that stopped it (``Job.chain["stopped_by"]``).
-A retry of the stopped step takes those away, and if it succeeds the chain goes on. A chain begun inside a batch block is
-part of the batch, every step of it: the batch ends with its last step.
+A retry of the stopped step takes those away, and if it succeeds the chain goes on. A
+chain begun inside a batch block is part of the batch, every step of it: the batch ends
+with its last step.
 """
 
 import inspect
