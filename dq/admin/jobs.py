@@ -9,7 +9,7 @@ from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast, Left
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from ..models import (
@@ -30,6 +30,7 @@ from .display import (
     batch_progress,
     breakable,
     duration,
+    job_link,
     moment,
     pretty_json,
     process_link,
@@ -102,6 +103,7 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
         "attempts_made",
         "result",
         "in_batch",
+        "in_chain",
     ]
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[JobChangeList]:
@@ -140,6 +142,8 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
         ]
         if obj is not None and obj.batch_id is not None:
             task.append("in_batch")
+        if obj is not None and obj.chain:
+            task.append("in_chain")
         return [
             ("Task", {"fields": task}),
             ("State", {"fields": state}),
@@ -234,6 +238,34 @@ class JobAdmin(JobActionsMixin[Job], DQModelAdmin[Job]):
         if batch is None:
             return "-"
         return format_html("{} {}", batch_link(batch), batch_progress(batch))
+
+    @admin.display(description="chain")
+    def in_chain(self, job: Job) -> SafeString | str:
+        """Its step of its chain, and what it did to the chain: stopped it (the steps not
+        run), or was not run because an earlier step stopped it; else the steps to come."""
+        chain = job.chain
+        if not chain:
+            return "-"
+        place = f"step {chain['step']} of {chain['steps']}"
+        if "stopped_by" in chain:
+            return format_html(
+                "{}, not run: the chain stopped at job {}", place, job_link(chain["stopped_by"])
+            )
+        if chain.get("not_run"):
+            return format_html(
+                "{}; it stopped the chain: not run {}",
+                place,
+                format_html_join(", ", "{}", ((job_link(pk),) for pk in chain["not_run"])),
+            )
+        if chain["next"]:
+            return format_html(
+                "{}, then {}",
+                place,
+                format_html_join(
+                    ", ", "{}", ((breakable(step["task"]),) for step in chain["next"])
+                ),
+            )
+        return place
 
     @admin.display(description="attempts")
     def attempts_made(self, job: Job) -> str:

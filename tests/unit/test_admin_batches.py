@@ -198,3 +198,24 @@ def test_a_jobs_page_shows_its_batch(admin_client, worker):
     assert "3 of 3 ended" in page
     alone = add.enqueue(1, 1)
     assert "field-in_batch" not in admin_client.get(job_url(alone.id)).content.decode()
+
+
+def test_a_jobs_page_says_its_step_of_its_chain_and_who_stopped_it(admin_client, worker):
+    from dq.chains import chain, step
+
+    from ..tasks import fails_with
+
+    first = chain(step(add, 1, 1), step(fails_with), step(add, 100))
+    worker.work_off()
+    chain_id = Job.objects.get(pk=first.id).chain["id"]
+    ran, stopped, not_run = Job.objects.filter(chain__id=chain_id).order_by("pk")
+    page = admin_client.get(job_url(ran.pk)).content.decode()
+    assert (
+        "step 1 of 3, then tests.<wbr>tasks.<wbr>fails_<wbr>with, tests.<wbr>tasks.<wbr>add" in page
+    )
+    page = admin_client.get(job_url(stopped.pk)).content.decode()
+    assert f'step 2 of 3; it stopped the chain: not run <a href="{job_url(not_run.pk)}">' in page
+    page = admin_client.get(job_url(not_run.pk)).content.decode()
+    assert (
+        f'step 3 of 3, not run: the chain stopped at job <a href="{job_url(stopped.pk)}">' in page
+    )
