@@ -2,6 +2,7 @@ from collections.abc import Iterator
 
 from django.db import models
 from django.db.models import F, QuerySet
+from django.utils import timezone
 
 from .batch import Batch
 from .execution import Execution
@@ -45,7 +46,12 @@ class FailedExecution(Execution):
         order, one transaction per batch. Yields the jobs retried (task path, queue and
         priority loaded) after each batch commits."""
         yield from cls.make_ready_batches(
-            queryset, batch_size=batch_size, using=using, **ONE_MORE_ATTEMPT
+            queryset,
+            batch_size=batch_size,
+            using=using,
+            # Due from its retry on: its pickup delay is counted from then.
+            scheduled_at=timezone.now(),
+            **ONE_MORE_ATTEMPT,
         )
 
     @classmethod

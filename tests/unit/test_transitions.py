@@ -19,6 +19,7 @@ from dq.exceptions import (
     TransactionRolledBackError,
 )
 from dq.models import ClaimedExecution, FailedExecution, Job, Process, ReadyExecution
+from dq.processes.metrics import due_at
 from dq.processes.supervisor import Supervisor
 
 from ..conftest import InProcessWorker
@@ -513,11 +514,13 @@ def test_retry_of_a_failed_job_runs_it_once_more_and_keeps_its_history(worker):
     assert result.status == TaskResultStatus.FAILED
     failed = FailedExecution.objects.get(job_id=int(result.id))
 
+    before = timezone.now()
     assert FailedExecution.retry(failed.job_id, using="default") is True
 
     job = Job.objects.get(pk=int(result.id))
     assert state(job) == (Job.Status.READY, ["ready"])
     assert job.finished_at is None
+    assert due_at(job) >= before  # due from the retry on: its pickup delay counts from it
     assert len(job.attempts) == 1
     assert FailedExecution.retry(failed.job_id, using="default") is False  # already retried
 
