@@ -300,7 +300,7 @@ class Worker(Running, Role):
         while True:  # the running end; their ends are written as they come
             self.flush_waiting_out_errors(deadline)
             left = deadline - time.monotonic()
-            if not self.running_count() or self.stopping is not StopMode.GRACEFUL or left <= 0:
+            if not self.unended_count() or self.stopping is not StopMode.GRACEFUL or left <= 0:
                 break
             self.wakeup.wait(left)
         self.flush_waiting_out_errors(time.monotonic() + 1.0)
@@ -361,6 +361,12 @@ class Worker(Running, Role):
     def running_count(self) -> int:
         """Runs in progress whose end matters (a timed-out run was already interrupted)."""
         return sum(run.running and not run.timed_out for run in list(self.runs.values()))
+
+    def unended_count(self) -> int:
+        """Runs whose end is not written yet, once the buffer is closed: running, or taken
+        by a thread that has not started them yet (it is about to: a graceful stop waits
+        for those too, rather than interrupt a run as it begins)."""
+        return sum(not run.timed_out for run in list(self.runs.values()))
 
     def running_claims(self) -> set[int]:
         return {claim_id for claim_id, run in list(self.runs.items()) if run.running}

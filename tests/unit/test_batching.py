@@ -18,11 +18,12 @@ from django.utils import timezone
 
 from dq.db import Claim, Database, End, postgresql
 from dq.db import database as db_of
-from dq.exceptions import ProcessExitError
+from dq.exceptions import ProcessExitError, ShutdownTimeoutError
 from dq.models import ClaimedExecution, Job, ReadyExecution, ScheduledExecution, Semaphore
 from dq.processes import batching
 from dq.processes.base import StopMode
 from dq.processes.batching import WriteAbandoned, Writes
+from dq.processes.pool import Pool
 from dq.queues import QueueSelector
 
 from ..conftest import InProcessWorker, wait_until
@@ -716,3 +717,37 @@ def test_a_recent_untracked_claim_is_left_alone(db):
     worker.worker.release_untracked_claims()
 
     assert ClaimedExecution.objects.count() == 1
+
+
+def test_a_graceful_stop_waits_for_a_job_a_thread_took_but_had_not_started(transactional_db):
+    """Between a thread taking a job from the buffer and starting it, the job is neither
+    buffered nor running: a stop that counted running jobs only did not wait for it and
+    interrupted it as it began (a recycled worker's job ran again, an at_most_once one
+    failed)."""
+    results = add.enqueue_many([((n, n), {}) for n in range(3)])
+    worker = InProcessWorker().worker
+    assert worker.flush() == 3
+    took, go = threading.Event(), threading.Event()
+
+    def slow_to_start(job, thread):
+        took.set()
+        go.wait(10)  # taken, not started, until the stop has begun
+        worker.perform(job, thread)
+
+    worker.pool = Pool(1, worker.buffer, slow_to_start)
+    assert took.wait(10)
+    release_buffered = worker.release_buffered
+
+    def stop_begun():
+        release_buffered()
+        go.set()
+
+    worker.release_buffered = stop_begun
+    worker.stopping = StopMode.GRACEFUL
+    assert worker.shut_down()[0] is not ShutdownTimeoutError
+    jobs = {job.pk: job for job in Job.objects.filter(pk__in=[r.id for r in results])}
+    taken = [job for job in jobs.values() if job.status == Job.Status.SUCCESSFUL]
+    assert len(taken) == 1 and (taken[0].attempt_count, taken[0].interruption_count) == (1, 0)
+    # The two still buffered went back to ready, as never claimed.
+    assert sorted(job.status for job in jobs.values() if job not in taken) == ["ready", "ready"]
+    assert worker.runs == {}
