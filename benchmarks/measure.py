@@ -33,6 +33,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.color import no_style  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
+from django.db.models import Count, Q  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -44,8 +45,9 @@ from benchmarks.peers.figures import (  # noqa: E402
     percentile,
     processes_of,
 )
+from dq.batches import batch  # noqa: E402
 from dq.conf import default_worker_processes  # noqa: E402
-from dq.models import ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
+from dq.models import Batch, ClaimedExecution, Job, Process, ReadyExecution  # noqa: E402
 from dq.queues import QueueSelector  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,9 @@ class Sizes:
     # The metrics' cost: how many times the drain of the defaults is measured without
     # metrics, then with them (--metrics-port, scraped).
     metrics_pairs: int
+    # The batches' cost: how many times the bulk enqueue and the drain of the defaults are
+    # measured with plain jobs, then with the same jobs in batches (of bulk_batch jobs).
+    batch_pairs: int
 
 
 # The polling intervals compared where idle workers poll, the variable that sets one for
@@ -127,6 +132,7 @@ FULL = Sizes(
     ceiling_seconds=2.0,
     ceiling_connections=8,
     metrics_pairs=3,
+    batch_pairs=3,
 )
 QUICK = Sizes(
     single_enqueues=300,
@@ -142,6 +148,7 @@ QUICK = Sizes(
     ceiling_seconds=1.0,
     ceiling_connections=8,
     metrics_pairs=1,
+    batch_pairs=1,
 )
 
 
@@ -192,11 +199,18 @@ def vacuum():
             cursor.fetchall()
 
 
-def enqueue_backlog(count, batch=1_000):
-    """``count`` no-op jobs through the bulk API; returns its rate."""
+def enqueue_backlog(count, chunk=1_000, *, batched=False):
+    """``count`` no-op jobs through the bulk API, ``chunk`` a call; with ``batched``, each
+    call in a batch block of its own (``batch(on_finish=tasks.batch_done)``: a batch of
+    ``chunk`` jobs). Returns its rate."""
     began = time.perf_counter()
-    for start in range(0, count, batch):
-        tasks.noop.enqueue_many([((), {})] * min(batch, count - start))
+    for start in range(0, count, chunk):
+        calls = [((), {})] * min(chunk, count - start)
+        if batched:
+            with batch(on_finish=tasks.batch_done):
+                tasks.noop.enqueue_many(calls)
+        else:
+            tasks.noop.enqueue_many(calls)
     return count / (time.perf_counter() - began)
 
 
@@ -552,81 +566,166 @@ def measure_enqueue(sizes):
     }
 
 
-def measure_drain(size, label, args, *, scraped=False):
+def measure_drain(size, label, args, *, scraped=False, batched=False):
     """A backlog of ``size`` no-op jobs worked off by ``dq_work ARGS``; with ``scraped``,
     dq_work serves metrics on a free port (``--metrics-port``), scraped every
     SCRAPE_INTERVAL s while it drains and once more when it is done (before it is stopped:
-    the last answer's count of successful runs is kept)."""
+    the last answer's count of successful runs is kept). With ``batched``, the backlog is
+    in batches of 1,000 jobs, each with an on_finish callback (``enqueue_backlog``): the
+    drain is done when every batch has finished and its callback has run, its figures are
+    of every job run (the callbacks too), and the batches are checked
+    (``check_batches``)."""
     flush()
-    enqueue_backlog(size)
+    enqueue_backlog(size, batched=batched)
     vacuum()
+    batches = Batch.objects.count()
+    jobs = size + batches  # each batch's callback is a job
     scraper = None
     if scraped:
         port = free_port()
         scraper = Scraper(port)
         args = (*args, "--metrics-port", str(port))
-    work = DQWork(args, f"drain-{size}-{label}{'-metrics' if scraped else ''}")
+    mode = "-metrics" if scraped else "-batches" if batched else ""
+    work = DQWork(args, f"drain-{size}-{label}{mode}")
     try:
         seen = work.drain(
-            pending=unfinished, jobs=size, during=scraper.scrape_if_due if scraper else None
+            pending=unfinished_batch if batched else unfinished,
+            jobs=jobs,
+            during=scraper.scrape_if_due if scraper else None,
         )
         if scraper:
             scraper.scrape()
     finally:
         cpu = work.stop()
     done = Job.objects.filter(status=Job.Status.SUCCESSFUL).count()
-    if done != size:
-        raise RuntimeError(f"drain of {size} jobs ({label}): {done} successful")
+    if done != jobs:
+        raise RuntimeError(f"drain of {jobs} jobs ({label}{mode}): {done} successful")
     result = {
         "setting": label,
         "args": list(args),
         "processes": processes_of(args) or DEFAULT_PROCESSES,
-        **rates(size, work.started, finish_times(size, after=work.started)),
-        **cpu_per_job(cpu, seen["database_cpu_s"], size),
+        **rates(jobs, work.started, finish_times(jobs, after=work.started)),
+        **cpu_per_job(cpu, seen["database_cpu_s"], jobs),
         "jobs_per_end_write": jobs_per_end_write(work.started),
         "database_errors": work.database_errors(),
         "memory": seen["memory"],
     }
-    scrapes = ""
+    notes = ""
     if scraper:
         result["metrics"] = {**scraper.figures(), "jobs_counted": scraper.jobs_counted()}
-        scrapes = f", metrics on ({len(scraper.times_ms)} scrapes)"
+        notes = f", metrics on ({len(scraper.times_ms)} scrapes)"
+    if batched:
+        result["batches"] = check_batches(size)
+        notes = f", in {batches} batches, checked"
     say(
-        f"drain {size:,} ({label}{scrapes}): {result['jobs_per_s']:,.0f} jobs/s from start, "
+        f"drain {size:,} ({label}{notes}): {result['jobs_per_s']:,.0f} jobs/s from start, "
         f"{result['steady_jobs_per_s']:,.0f} steady, "
         f"{result['dq_work_cpu_ms_per_job']:.2f} CPU ms a job{errors_logged(work)}"
     )
     return result
 
 
-def measure_metrics(sizes):
-    """What dq_work's Prometheus metrics cost: the drain of the defaults' smallest backlog
-    (the "5,000 jobs, defaults" one) without metrics, then with them (``--metrics-port``,
-    scraped), ``metrics_pairs`` times alternately so that the machine's drift falls on
-    both. For each figure: the median of each mode, the difference of "on" from "off" and
-    the spread of each mode's runs (max - min), both in % of "off"'s or the mode's median."""
-    size = min(size for size, label, _ in sizes.drains if label == DEFAULTS)
-    runs = {"off": [], "on": []}
-    for _ in range(sizes.metrics_pairs):
-        runs["off"].append(measure_drain(size, DEFAULTS, ()))
-        runs["on"].append(measure_drain(size, DEFAULTS, (), scraped=True))
+def unfinished_batch():
+    """Whether a batch has not finished, or jobs are still ready or claimed. The batches
+    first: the end of a batch's last job enqueues its callback as it deletes the job's
+    claim, between the two reads of ``unfinished``; once every batch has finished, the
+    callbacks are ready or claimed, or done."""
+    return Batch.objects.filter(finished_at__isnull=True).exists() or unfinished()
+
+
+def check_batches(jobs):
+    """That the batches of a drained backlog of ``jobs`` jobs ended as they must: every
+    one finished, its counts those of its jobs (counted again from the jobs), all of them
+    ``jobs``, and exactly one job of its on_finish callback, successful, the one the batch
+    names. Raises RuntimeError with what is wrong; else returns what was checked."""
+    successful = Q(status=Job.Status.SUCCESSFUL)
+    recounted = {
+        row["batch_id"]: row
+        for row in Job.objects.filter(batch_id__isnull=False)
+        .values("batch_id")
+        .annotate(
+            total=Count("pk"),
+            succeeded=Count("pk", filter=successful),
+            failed=Count("pk", filter=Q(status=Job.Status.FAILED)),
+            cancelled=Count("pk", filter=Q(status=Job.Status.CANCELLED)),
+        )
+    }
+    callbacks = {}
+    for pk, kwargs, done in Job.objects.filter(task_path=tasks.batch_done.module_path).values_list(
+        "pk", "kwargs", "status"
+    ):
+        callbacks.setdefault(kwargs.get("batch_id"), []).append((pk, done))
+    problems = []
+    batches = list(Batch.objects.order_by("pk"))
+    for each in batches:
+        counted = recounted.get(each.pk, {})
+        counts = {key: getattr(each, key) for key in ("total", "succeeded", "failed", "cancelled")}
+        again = {key: counted.get(key, 0) for key in counts}
+        if each.finished_at is None:
+            problems.append(f"batch {each.pk} has not finished")
+        if counts != again:
+            problems.append(f"batch {each.pk} counts {counts}, its jobs {again}")
+        ran = callbacks.pop(each.pk, [])
+        named = each.callback_jobs.get(Batch.Callback.FINISH)
+        if [pk for pk, _ in ran] != [named] or ran[0][1] != Job.Status.SUCCESSFUL:
+            problems.append(f"batch {each.pk}: callback jobs {ran}, the batch names {named!r}")
+    in_batches = sum(each.total for each in batches)
+    if in_batches != jobs:
+        problems.append(f"{in_batches} jobs in batches, not {jobs}")
+    if callbacks:
+        problems.append(f"callback jobs of no batch: {callbacks}")
+    if problems:
+        message = f"batches of the {jobs:,}-job drain: " + "; ".join(problems)
+        say(f"!! CHECK FAILED: {message}")
+        raise RuntimeError(message)
+    return {"batches": len(batches), "jobs": in_batches, "checked": True}
+
+
+def defaults_drain(sizes):
+    """The defaults' smallest backlog (the "5,000 jobs, defaults" drain)."""
+    return min(size for size, label, _ in sizes.drains if label == DEFAULTS)
+
+
+def paired(runs, keys):
+    """The figures ``keys`` of the runs of two modes (``runs``: {mode: [run, ...]}, the
+    base mode first), each as the median of each mode, the difference of the second mode's
+    from the base's in % of the base's, and the spread of each mode's runs (max - min) in %
+    of its median."""
+    base, other = runs
     summary = {}
-    for key in ("jobs_per_s", "steady_jobs_per_s", "dq_work_cpu_ms_per_job"):
+    for key in keys:
         values = {mode: [run[key] for run in runs[mode]] for mode in runs}
         medians = {mode: statistics.median(values[mode]) for mode in runs}
         summary[key] = {
             **medians,
-            "difference_percent": 100 * (medians["on"] / medians["off"] - 1),
+            "difference_percent": 100 * (medians[other] / medians[base] - 1),
             "spread_percent": {
                 mode: 100 * (max(values[mode]) - min(values[mode])) / medians[mode] for mode in runs
             },
         }
-    steady = summary["steady_jobs_per_s"]
+    return summary
+
+
+def say_paired(what, figure, modes):
+    """Report one figure of ``paired``: each mode's median, the difference, the spreads."""
+    spreads = ", ".join(f"{figure['spread_percent'][mode]:.1f}% {mode}" for mode in modes)
     say(
-        f"metrics: {steady['off']:,.0f} jobs/s steady off, {steady['on']:,.0f} on "
-        f"({steady['difference_percent']:+.1f}%; spread {steady['spread_percent']['off']:.1f}% "
-        f"off, {steady['spread_percent']['on']:.1f}% on)"
+        f"{what} {figure[modes[0]]:,.0f} {modes[0]}, {figure[modes[1]]:,.0f} {modes[1]} "
+        f"({figure['difference_percent']:+.1f}%; spread {spreads})"
     )
+
+
+def measure_metrics(sizes):
+    """What dq_work's Prometheus metrics cost: the drain of the defaults' smallest backlog
+    without metrics, then with them (``--metrics-port``, scraped), ``metrics_pairs`` times
+    alternately so that the machine's drift falls on both; ``paired`` figures of them."""
+    size = defaults_drain(sizes)
+    runs = {"off": [], "on": []}
+    for _ in range(sizes.metrics_pairs):
+        runs["off"].append(measure_drain(size, DEFAULTS, ()))
+        runs["on"].append(measure_drain(size, DEFAULTS, (), scraped=True))
+    summary = paired(runs, ("jobs_per_s", "steady_jobs_per_s", "dq_work_cpu_ms_per_job"))
+    say_paired("metrics: jobs/s steady", summary["steady_jobs_per_s"], tuple(runs))
     return {
         "jobs": size,
         "setting": DEFAULTS,
@@ -634,6 +733,44 @@ def measure_metrics(sizes):
         "scrape_interval_s": SCRAPE_INTERVAL,
         **summary,
         "runs": runs,
+    }
+
+
+def measure_batches(sizes):
+    """What batches cost a job, ``batch_pairs`` times alternately, plain then batched
+    (``paired`` figures of them): the bulk enqueue of ``bulk_enqueues`` jobs,
+    ``bulk_batch`` a call, each call plain or in a batch block of its own; and the drain
+    of the defaults' smallest backlog, plain or in batches of 1,000 jobs with an on_finish
+    callback (``measure_drain``, whose batched runs are checked)."""
+    jobs, chunk = sizes.bulk_enqueues, sizes.bulk_batch
+    enqueues = {"plain": [], "batched": []}
+    for _ in range(sizes.batch_pairs):
+        for mode, runs in enqueues.items():
+            flush()
+            runs.append({"jobs_per_s": enqueue_backlog(jobs, chunk, batched=mode == "batched")})
+    flush()
+    enqueue = paired(enqueues, ("jobs_per_s",))
+    say_paired("batches: enqueue_many() jobs/s", enqueue["jobs_per_s"], tuple(enqueues))
+    size = defaults_drain(sizes)
+    drains = {"plain": [], "batched": []}
+    for _ in range(sizes.batch_pairs):
+        drains["plain"].append(measure_drain(size, DEFAULTS, ()))
+        drains["batched"].append(measure_drain(size, DEFAULTS, (), batched=True))
+    keys = ["jobs_per_s", "steady_jobs_per_s", "dq_work_cpu_ms_per_job", "jobs_per_end_write"]
+    if all(run["database_cpu_ms_per_job"] is not None for mode in drains.values() for run in mode):
+        keys.append("database_cpu_ms_per_job")
+    drain = paired(drains, keys)
+    say_paired("batches: drain jobs/s steady", drain["steady_jobs_per_s"], tuple(drains))
+    return {
+        "pairs": sizes.batch_pairs,
+        "enqueue": {"jobs": jobs, "batch": chunk, **enqueue, "runs": enqueues},
+        "drain": {
+            "jobs": size,
+            "setting": DEFAULTS,
+            "batches": drains["batched"][0]["batches"]["batches"],
+            **drain,
+            "runs": drains,
+        },
     }
 
 
@@ -1081,6 +1218,7 @@ def main(argv=None):
     results["enqueue"] = measure_enqueue(sizes)
     results["drain"] = [measure_drain(size, label, args) for size, label, args in sizes.drains]
     results["metrics"] = measure_metrics(sizes)
+    results["batches"] = measure_batches(sizes)
     results["latency"] = measure_latency(sizes.latency_jobs)
     results["polling"] = measure_polling(sizes)
     results["scale"], results["admin_pages"] = measure_scale(sizes)

@@ -137,6 +137,19 @@ def ms(value):
     return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
+def compared(figure, modes, pairs, fmt):
+    """A cell of a figure measured in two modes alternately (``paired`` of
+    benchmarks.measure): each mode's median, the difference and each mode's spread (``-``
+    with one run of each, as with --quick)."""
+    spread = ", ".join(
+        f"{figure['spread_percent'][mode]:.0f}%" if pairs > 1 else "-" for mode in modes
+    )
+    return (
+        f"{fmt(figure[modes[0]])} / {fmt(figure[modes[1]])} "
+        f"({figure['difference_percent']:+.1f}%; {spread})"
+    )
+
+
 def table(results):
     """The figures of each database side by side, as lines of text."""
     names = list(results["databases"])
@@ -214,16 +227,7 @@ def table(results):
             def cell(run):
                 if not run.get("metrics"):
                     return "-"
-                figure = run["metrics"][key]
-                # One run of each (--quick) has no spread.
-                spread = ", ".join(
-                    f"{figure['spread_percent'][mode]:.0f}%" if run["metrics"]["pairs"] > 1 else "-"
-                    for mode in ("off", "on")
-                )
-                return (
-                    f"{fmt(figure['off'])} / {fmt(figure['on'])} "
-                    f"({figure['difference_percent']:+.1f}%; {spread})"
-                )
+                return compared(run["metrics"][key], ("off", "on"), run["metrics"]["pairs"], fmt)
 
             return cell
 
@@ -243,6 +247,49 @@ def table(results):
             return f"{count}; {ms(statistics.median(took))} / {ms(took[-1])}"
 
         row("  scrapes per drain (mean); a scrape's ms, median / max", scrapes)
+
+    batched = [name for name in names if runs[name].get("batches")]
+    if batched:  # runs before the batches' cost was measured have none
+        first = runs[batched[0]]["batches"]
+        enqueue, drain = first["enqueue"], first["drain"]
+        pairs = first["pairs"]
+        section(
+            f"Batches: plain / batched ({enqueue['batch']:,} jobs a batch, with an on_finish "
+            f"callback), medians of {pairs} alternated run{'s' if pairs > 1 else ''} each "
+            "(difference; spread of plain, of batched)"
+        )
+
+        def batches(part, key, fmt):
+            def cell(run):
+                figures = (run.get("batches") or {}).get(part, {})
+                if figures.get(key) is None:
+                    return "-"
+                modes = ("plain", "batched")
+                return compared(figures[key], modes, run["batches"]["pairs"], fmt)
+
+            return cell
+
+        row(
+            f"  enqueue_many(), {enqueue['batch']:,} a call ({enqueue['jobs']:,} jobs), jobs/s",
+            batches("enqueue", "jobs_per_s", number),
+        )
+        drained = f"  {drain['jobs']:,}-job drain, defaults"
+        row(f"{drained}, steady jobs/s", batches("drain", "steady_jobs_per_s", number))
+        row(f"{drained}, from start jobs/s", batches("drain", "jobs_per_s", number))
+        two = "{:.2f}".format
+        row(f"{drained}, dq_work CPU ms per job", batches("drain", "dq_work_cpu_ms_per_job", two))
+        row(f"{drained}, server CPU ms per job", batches("drain", "database_cpu_ms_per_job", two))
+        one = "{:.1f}".format
+        row(f"{drained}, jobs per end written", batches("drain", "jobs_per_end_write", one))
+
+        def checked(run):
+            if not run.get("batches"):
+                return "-"
+            done = [drain["batches"] for drain in run["batches"]["drain"]["runs"]["batched"]]
+            return f"{sum(each['batches'] for each in done)} in {len(done)} drains: held"
+
+        # A batch that fails a check stops the measurement (benchmarks.measure.check_batches).
+        row("  batches checked: finished, counts = jobs, one callback each", checked)
 
     section(f"Pickup latency, idle dq_work, {sizes['latency_jobs']} jobs, ms")
     row(
@@ -376,9 +423,9 @@ def header(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="./dev bench",
-        description="dq's benchmark: enqueue, drain, the cost of metrics, pickup latency, a large "
-        "history and the database's own ceiling, on scratch databases. Method: "
-        "docs/benchmarks.md.",
+        description="dq's benchmark: enqueue, drain, the cost of metrics and of batches, pickup "
+        "latency, a large history and the database's own ceiling, on scratch databases. "
+        "Method: docs/benchmarks.md.",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: about 2 minutes")
     parser.add_argument(
