@@ -71,17 +71,22 @@ class Batch(models.Model):
     def is_finished(self) -> bool:
         return self.finished_at is not None
 
+    @staticmethod
+    def by_batch(jobs: Iterable[Job]) -> dict[str, Counter[str]]:
+        """Those of ``jobs`` in a batch, counted by status per batch, in batch id order (the
+        order in which batch rows are locked: two transactions never wait for each other)."""
+        tally: dict[str, Counter[str]] = {}
+        for job in jobs:
+            if job.batch_id is not None:
+                tally.setdefault(job.batch_id, Counter())[job.status] += 1
+        return dict(sorted(tally.items()))
+
     @classmethod
     def count_ends(cls, jobs: Iterable[Job], *, using: str) -> None:
         """Count the ends of ``jobs`` (successful, failed or cancelled, as their status
         says) in their batches, in the transaction that ended them. A batch whose last job
         they were finishes, and its callbacks are enqueued, in that same transaction."""
-        ended: dict[str, Counter[str]] = {}
-        for job in jobs:
-            if job.batch_id is not None:
-                ended.setdefault(job.batch_id, Counter())[job.status] += 1
-        for batch_id in sorted(ended):  # locks in one order: two enders never deadlock
-            counts = ended[batch_id]
+        for batch_id, counts in cls.by_batch(jobs).items():
             cls.change(
                 batch_id,
                 using=using,
@@ -94,23 +99,20 @@ class Batch(models.Model):
     def count_retries(cls, jobs: Iterable[Job], *, using: str) -> None:
         """Failed ``jobs`` were made ready again: their batches are pending again (a
         finished one re-opens; a callback it has enqueued is not enqueued again)."""
-        retried = Counter(job.batch_id for job in jobs if job.batch_id is not None)
-        for batch_id in sorted(retried):
-            cls.change(
-                batch_id, using=using, failed=F("failed") - retried[batch_id], finished_at=None
-            )
+        for batch_id, counts in cls.by_batch(jobs).items():
+            cls.change(batch_id, using=using, failed=F("failed") - counts.total(), finished_at=None)
 
     @classmethod
     def count_discards(cls, jobs: Iterable[Job], *, using: str) -> None:
         """``jobs`` (their status as before) were deleted: they leave their batches, which
         may finish by it."""
-        for batch_id, left in sorted(
-            Counter(job.batch_id for job in jobs if job.batch_id is not None).items()
-        ):
-            failed = sum(
-                1 for job in jobs if job.batch_id == batch_id and job.status == Job.Status.FAILED
+        for batch_id, counts in cls.by_batch(jobs).items():
+            cls.change(
+                batch_id,
+                using=using,
+                total=F("total") - counts.total(),
+                failed=F("failed") - counts[Job.Status.FAILED],
             )
-            cls.change(batch_id, using=using, total=F("total") - left, failed=F("failed") - failed)
 
     @classmethod
     def change(cls, batch_id: str, *, using: str, **changes: Any) -> None:
